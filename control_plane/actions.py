@@ -83,7 +83,9 @@ class Outcome:
 
     ``ok`` False with ``retryable`` True (for example an engine that failed before the first
     byte) sends the request back for another instance; ``ok`` False otherwise ends it.
-    Latencies are measured by the driver; None when not known.
+    Latencies are measured by the driver from the request's arrival (what SLOs constrain);
+    None when not known. The manager subtracts the time spent in its own queue before it
+    folds them into an instance's observed latency.
     """
 
     ok: bool = True

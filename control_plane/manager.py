@@ -139,12 +139,15 @@ class ControlPlane:
             raise UnknownRequestError(
                 f"complete({request_id!r}): the request is not in flight "
                 f"({'queued' if self.is_tracked(request_id) else 'unknown or finished'})")
-        request, view, attempt, _ = f
+        request, view, attempt, dispatch_s = f
         self.state.released(view, request)
         if outcome is None:
             outcome = OK
         elif outcome.ttft_s is not None or outcome.e2e_s is not None:
-            self.state.latency(view, outcome.ttft_s, outcome.e2e_s, outcome.output_tokens)
+            waited = dispatch_s - request.arrival_s  # global queue time is not the instance's
+            self.state.latency(view, None if outcome.ttft_s is None else outcome.ttft_s - waited,
+                               None if outcome.e2e_s is None else outcome.e2e_s - waited,
+                               outcome.output_tokens)
         self._router.on_finish(request, view, outcome, now)
         if outcome.ok or not outcome.retryable:
             self._policy.on_finish(request, view, outcome, now)

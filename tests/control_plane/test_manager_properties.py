@@ -115,8 +115,13 @@ class ManagerMachine(RuleBasedStateMachine):
           waiting=st.integers(0, 4), kv=st.floats(0, 1))
     def observe(self, inst, running, waiting, kv):
         iid = f"i{inst}"
-        self.apply(self.m.observe(iid, EngineStats(running, waiting, kv), self.now))
-        self.health[iid] = self.m.cluster[iid].health
+        before = self.m.cluster[iid].health
+        actions = self.m.observe(iid, EngineStats(running, waiting, kv), self.now)
+        # a report from an instance the health timeout took down brings it back up
+        after = self.m.cluster[iid].health
+        assert after is before or (before is Health.DOWN and after is Health.UP)
+        self.health[iid] = after
+        self.apply(actions)
 
     @rule(inst=st.integers(0, N_INSTANCES - 1),
           health=st.sampled_from([Health.UP, Health.DOWN, Health.DRAINING]))
@@ -130,14 +135,11 @@ class ManagerMachine(RuleBasedStateMachine):
         self.now += dt
         before = {v.instance_id: v.health for v in self.m.cluster.instances}
         actions = self.m.tick(self.now)
-        # health timeouts mark instances down inside tick: the model learns it from the view
-        for a in actions:
-            if isinstance(a, Retry):
-                self.health[a.from_instance] = self.m.cluster[a.from_instance].health
-        self.apply(actions)
+        # health timeouts mark instances down inside tick (before it dispatches anything)
         for v in self.m.cluster.instances:
-            self.health[v.instance_id] = v.health
             assert before[v.instance_id] is v.health or v.health is Health.DOWN
+            self.health[v.instance_id] = v.health
+        self.apply(actions)
 
     @rule(name=st.sampled_from(POLICIES.names()))
     def set_policy(self, name):
