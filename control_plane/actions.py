@@ -9,7 +9,7 @@ the reason; ``Queued`` only informs; ``PolicySwitch`` records an adaptive switch
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from control_plane.types import Request
 
@@ -24,7 +24,7 @@ __all__ = [
 ]
 
 
-class RejectCause(str, Enum):
+class RejectCause(StrEnum):
     """Machine-readable cause of a rejection (the ``detail`` string says the specifics)."""
 
     QUEUE_FULL = "queue_full"  # the bounded queue of the request's priority is full

@@ -207,7 +207,7 @@ class ControlPlane:
             limit = cfg.max_queue_wait_s
             for level in self._queued:
                 expired = []
-                for rid, (request, enq) in level.items():
+                for request, enq in level.values():
                     if now - enq <= limit:
                         break
                     expired.append((request, enq))

@@ -81,9 +81,11 @@ class PipelineRouter(Router):
         self.filters = tuple(filters)
         self._parts: tuple[_Hooks, ...] = (*self.filters, *(s for s, _ in self.scorers),
                                            picker)
-        self._hooked = tuple(p for p in self._parts
-                             if type(p).on_dispatch is not _Hooks.on_dispatch
-                             or type(p).on_finish is not _Hooks.on_finish)
+        # only the parts that override a hook get called for it
+        self._on_dispatch = tuple(p for p in self._parts
+                                  if type(p).on_dispatch is not _Hooks.on_dispatch)
+        self._on_finish = tuple(p for p in self._parts
+                                if type(p).on_finish is not _Hooks.on_finish)
 
     def route(self, request: Request, candidates: Sequence[InstanceView],
               cluster: ClusterView, rng: random.Random) -> str | None:
@@ -97,7 +99,9 @@ class PipelineRouter(Router):
         scorers = self.scorers
         if scorers:
             s0, w0 = scorers[0]
-            scores = [w0 * x for x in s0.score(request, candidates, cluster)]
+            scores = s0.score(request, candidates, cluster)
+            if w0 != 1.0:
+                scores = [w0 * x for x in scores]
             for s, w in scorers[1:]:
                 if w:
                     scores = [a + w * b for a, b in zip(scores, s.score(request, candidates,
@@ -105,12 +109,12 @@ class PipelineRouter(Router):
         return candidates[self.picker.pick(request, candidates, scores, rng)].instance_id
 
     def on_dispatch(self, request: Request, instance: InstanceView, now: float) -> None:
-        for p in self._hooked:
+        for p in self._on_dispatch:
             p.on_dispatch(request, instance, now)
 
     def on_finish(self, request: Request, instance: InstanceView, outcome: Outcome | None,
                   now: float) -> None:
-        for p in self._hooked:
+        for p in self._on_finish:
             p.on_finish(request, instance, outcome, now)
 
     def describe(self) -> str:

@@ -226,7 +226,7 @@ def test_set_policy_moves_queue_without_loss():
 def test_router_picking_a_non_candidate_is_an_error():
     m = cp(n=2, router=Rogue())
     m.set_health("i0", Health.DOWN, 0)
-    with pytest.raises(ControlPlaneError, match="rogue.*'i0'.*not a candidate"):
+    with pytest.raises(ControlPlaneError, match=r"rogue.*'i0'.*not a candidate"):
         m.submit(req("a"), 0)
 
 

@@ -7,8 +7,8 @@ import math
 import pytest
 
 from control_plane import SLO, EngineStats, InstanceSpec, Request, ValidationError
-from control_plane.registry import Registry
 from control_plane.errors import ConfigError
+from control_plane.registry import Registry
 
 
 @pytest.mark.parametrize(
@@ -69,7 +69,7 @@ def test_instance_spec_validation(kwargs, message):
 
 
 def test_engine_stats_validation():
-    with pytest.raises(ValidationError, match="kv_usage=1.5: must be <= 1"):
+    with pytest.raises(ValidationError, match=r"kv_usage=1\.5: must be <= 1"):
         EngineStats(kv_usage=1.5)
     with pytest.raises(ValidationError, match="running=-1"):
         EngineStats(running=-1)
