@@ -1,0 +1,126 @@
+"""The sagellm CLI: help everywhere, the default job, plugins, experiment files."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from control_plane import ConfigError
+from sagellm.cli import main
+from sagellm.experiment import load_experiment
+
+GOOD = """
+cluster:
+  instances:
+    - {id: h100, count: 2, price_per_hour_usd: 4.0, max_inflight: 8}
+    - {id: a100, price_per_hour_usd: 2.0, max_inflight: 4, decode_s_per_token: 0.03}
+policy: {type: priority, params: {aging_s: 10}}
+router:
+  type: pipeline
+  params:
+    filters: [{type: min_free_kv, params: {threshold: 0.9}}]
+    scorers: [{type: prefix_cache, weight: 2}, {type: queue_depth, weight: 1}]
+    picker: max_score
+control: {max_queue: 500, sheddable_priorities: [3, 4]}
+workload: {requests: 120, rate_per_s: 5, seed: 3}
+"""
+
+
+@pytest.mark.parametrize("args", [[], ["sim"], ["plugins"], ["config"], ["config", "check"]])
+def test_every_command_has_help(args):
+    result = CliRunner().invoke(main, [*args, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.output
+
+
+def test_sim_compares_policies_and_routers(tmp_path):
+    result = CliRunner().invoke(main, ["sim", "--requests", "200", "--policy", "fifo",
+                                       "--policy", "slo", "--router", "round_robin",
+                                       "--router", "least_loaded", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    for label in ("fifo / round_robin", "fifo / least_loaded", "slo / round_robin",
+                  "slo / least_loaded"):
+        assert label in result.output
+    with (tmp_path / "fifo__round_robin.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 200
+    assert {r["status"] for r in rows} <= {"ok", "rejected"}
+
+
+def test_sim_json_is_deterministic():
+    args = ["sim", "--requests", "150", "--policy", "fair", "--router", "power_of_two",
+            "--json"]
+    first = CliRunner().invoke(main, args)
+    second = CliRunner().invoke(main, args)
+    assert first.exit_code == 0, first.output
+    assert first.output == second.output
+    data = json.loads(first.output)
+    assert data["fair / power_of_two"]["counts"]["total"] == 150
+
+
+def test_sim_with_experiment_file(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text(GOOD)
+    result = CliRunner().invoke(main, ["sim", "--config", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["priority / pipeline"]["counts"]["total"] == 120
+
+
+def test_unknown_policy_flag_names_known_ones():
+    result = CliRunner().invoke(main, ["sim", "--policy", "lifo"])
+    assert result.exit_code != 0
+    assert "unknown policy 'lifo'" in result.output and "fifo" in result.output
+
+
+def test_plugins_lists_registries():
+    result = CliRunner().invoke(main, ["plugins"])
+    assert result.exit_code == 0
+    assert "policies: adaptive, cost, fair, fifo, priority, slo" in result.output
+    assert "locality" in result.output and "max_score" in result.output
+
+
+def test_config_check_ok(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text(GOOD)
+    result = CliRunner().invoke(main, ["config", "check", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "instances: 3 (h100-0, h100-1, a100)" in result.output
+    exp = load_experiment(path)
+    assert exp.control.sheddable_priorities == frozenset({3, 4})
+    assert exp.instances[2].decode_s_per_token == 0.03
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("cluster: {instances: []}", "cluster.instances must be a non-empty list"),
+        ("cluster: {instances: [{id: a, max_inflight: 0}]}",
+         r"cluster.instances\[0\].max_inflight: .*must be >= 1"),
+        ("cluster: {instances: [{id: a, gpu: h100}]}", r"unknown key\(s\) \['gpu'\]"),
+        ("cluster: {instances: [{id: a}, {id: a}]}", r"duplicate instance ids \['a'\]"),
+        ("cluster: {instances: [{id: a}]}\npolicy: lifo", "policy: unknown policies 'lifo'"),
+        ("cluster: {instances: [{id: a}]}\nrouter: {type: locality, params: {stride: 0}}",
+         "router: .*stride must be an integer >= 1"),
+        ("cluster: {instances: [{id: a}]}\ncontrol: {max_queue: -1}", "control: .*max_queue"),
+        ("cluster: {instances: [{id: a}]}\nworkload: {rps: 3}", r"workload: unknown key"),
+        ("cluster: [oops", r"bad.yaml:1: invalid YAML"),
+        ("polcy: fifo", r"unknown key\(s\) \['polcy'\]"),
+    ],
+)
+def test_bad_experiment_files_name_file_and_key(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message) as info:
+        load_experiment(path)
+    assert str(path) in str(info.value)
+    result = CliRunner().invoke(main, ["config", "check", str(path)])
+    assert result.exit_code != 0 and str(path) in result.output
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    result = CliRunner().invoke(main, ["config", "check", str(tmp_path / "nope.yaml")])
+    assert result.exit_code != 0
+    assert "nope.yaml: cannot read" in result.output
