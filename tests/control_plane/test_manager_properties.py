@@ -8,6 +8,8 @@ with the manager, every rejection must carry a reason, and no limit may be broke
 
 from __future__ import annotations
 
+import os
+
 import hypothesis.strategies as st
 from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -170,6 +172,8 @@ class ManagerMachine(RuleBasedStateMachine):
                 assert v.inflight == 0
 
 
-ManagerMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=60,
-                                            deadline=None)
+# SAGELLM_PROPERTY_EXAMPLES=3000 for a deeper hunt than the CI default
+ManagerMachine.TestCase.settings = settings(
+    max_examples=int(os.environ.get("SAGELLM_PROPERTY_EXAMPLES", "200")),
+    stateful_step_count=60, deadline=None)
 TestManagerProperties = ManagerMachine.TestCase
