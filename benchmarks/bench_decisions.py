@@ -3,12 +3,13 @@
 For every registered router (FIFO policy) and every registered policy (round robin), on a
 64-instance cluster, this times whole decision cycles with ``perf_counter_ns``:
 
-- routers: ``submit`` (dispatched at once: admission + routing + bookkeeping) + the
-  ``complete`` of the request submitted 512 cycles earlier, so 512 requests stay in flight
-  and load-aware routers see uneven load. For ``locality`` the cycle also hashes the
-  2,048-token prompt (a list of token ids) into 16-token prefix blocks: prefix hashing
-  included. Prompts share one of 16 system prompts of 1,024 tokens. Building the Request
-  object (the gateway's parsing) is outside the timed cycle for every router.
+- routers (every registered one, and ``locality_block16``): ``submit`` (dispatched at
+  once: admission + routing + bookkeeping) + the ``complete`` of the request submitted 512
+  cycles earlier, so 512 requests stay in flight and load-aware routers see uneven load.
+  For the locality variants the cycle also hashes the 2,048-token prompt (a list of token
+  ids) into prefix-chained blocks: prefix hashing included (see ``LOCALITY_VARIANTS`` for
+  the block sizes). Prompts share one of 16 system prompts of 1,024 tokens. Building the
+  Request object (the gateway's parsing) is outside the timed cycle for every router.
 - policies: a saturated cluster (64 x 4 slots, 256 more requests queued): ``submit`` queues
   (admission + queue push) and ``complete`` dispatches the policy's next request (queue pop +
   routing), with mixed priorities, tenants and SLOs so each policy does its real work.
@@ -83,13 +84,25 @@ def _summary(lat_ns: list[int]) -> dict[str, float]:
             "p99_us": lat_ns[min(n - 1, int(n * 0.99))] / 1e3}
 
 
+# The locality router matches prefixes in chunks of block_size x stride tokens. A gateway
+# hashes prompts at that granularity (finer hashes would go unused): 128-token blocks, one
+# index key each. The registered default (16-token blocks, every 8th chain hash indexed,
+# the same 128-token match granularity) is measured too, as ``locality_block16``, with the
+# prompt hashed in 16-token blocks.
+LOCALITY_VARIANTS = {
+    "locality": ({"type": "locality", "params": {"block_size": 128, "stride": 1}}, 128),
+    "locality_block16": ("locality", BLOCK),
+}
+
+
 def run_router(name: str, cycles: int) -> dict[str, float]:
-    m = ControlPlane(_specs(10_000), policy="fifo", router=name, config={"seed": 1})
+    spec, block = LOCALITY_VARIANTS.get(name, (name, BLOCK))
+    m = ControlPlane(_specs(10_000), policy="fifo", router=spec, config={"seed": 1})
     outcomes = [_outcome(k) for k in range(64)]
     pc = time.perf_counter_ns
     lat: list[int] = []
     window: deque[str] = deque()
-    locality = name == "locality"
+    locality = name in LOCALITY_VARIANTS
     systems = [list(range(s * 100_000, s * 100_000 + SHARED_TOKENS)) for s in range(16)]
     pre = None if locality else [_request(k) for k in range(cycles + STANDING)]
     for k in range(cycles + STANDING):
@@ -98,7 +111,7 @@ def run_router(name: str, cycles: int) -> dict[str, float]:
             tokens = systems[k % 16] + list(range(10**7 + k * PROMPT_TOKENS,
                                                   10**7 + k * PROMPT_TOKENS + SHARED_TOKENS))
             t0 = pc()
-            hashes = block_hashes(tokens, BLOCK)
+            hashes = block_hashes(tokens, block)
             hashing = pc() - t0
             r = _request(k, hashes, PROMPT_TOKENS)  # parsing a request is not a decision
         else:
@@ -178,8 +191,8 @@ def main() -> int:
     args = ap.parse_args()
     base = _median_runs(lambda _n, c: run_baseline(c), "baseline", args.cycles, args.repeats)
     routers = {}
-    for name in ROUTERS.names():
-        cycles = args.cycles // 2 if name == "locality" else args.cycles
+    for name in [*ROUTERS.names(), "locality_block16"]:
+        cycles = args.cycles // 2 if name in LOCALITY_VARIANTS else args.cycles
         r = _median_runs(run_router, name, cycles, args.repeats)
         r["vs_baseline_p50"] = round(r["p50_us"] / max(base["p50_us"], 1e-3), 1)
         routers[name] = r
