@@ -101,13 +101,13 @@ class Trace:
             bad = ~np.isfinite(a) | (a < 0)
             if bad.any():
                 i = int(np.argmax(bad))
-                raise ValueError(f"{self.name}: row {i}: arrival_s={a[i]!r} must be finite "
+                raise ValueError(f"{self.name}: row {i}: arrival_s={float(a[i])!r} must be finite "
                                  "and >= 0")
             back = np.diff(a) < 0
             if back.any():
                 i = int(np.argmax(back)) + 1
-                raise ValueError(f"{self.name}: row {i}: arrival_s={a[i]!r} is before the "
-                                 f"previous row's {a[i - 1]!r}: arrivals must be sorted")
+                raise ValueError(f"{self.name}: row {i}: arrival_s={float(a[i])!r} is before the "
+                                 f"previous row's {float(a[i - 1])!r}: arrivals must be sorted")
         for name in ("prompt_tokens", "output_tokens"):
             col = getattr(self, name)
             if len(col) and col.min() < 1:
