@@ -14,6 +14,7 @@ from control_plane import ConfigError, ControlPlaneConfig, InstanceSpec
 from control_plane.metrics import RequestRecord, format_table
 from control_plane.policies import POLICIES
 from control_plane.routing import FILTERS, PICKERS, ROUTERS, SCORERS
+from sagellm.cli_workloads import workloads
 from sagellm.experiment import Experiment, WorkloadSpec, load_experiment
 from sim import simulate
 from workloads import poisson_mix
@@ -137,6 +138,8 @@ def config_check(path) -> None:
     click.echo(f"  policy: {_label(exp.policy)}  router: {_label(exp.router)}")
     click.echo(f"  workload: {exp.workload.requests} requests at {exp.workload.rate_per_s}/s")
 
+
+main.add_command(workloads)
 
 if __name__ == "__main__":
     main()
