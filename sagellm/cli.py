@@ -8,16 +8,20 @@ import sys
 from pathlib import Path
 
 import click
+import numpy as np
 from tqdm import tqdm
 
 from control_plane import ConfigError, ControlPlaneConfig, InstanceSpec
 from control_plane.metrics import RequestRecord, format_table
 from control_plane.policies import POLICIES
 from control_plane.routing import FILTERS, PICKERS, ROUTERS, SCORERS
+from sagellm.cli_workloads import load as load_trace
 from sagellm.cli_workloads import workloads
 from sagellm.experiment import Experiment, WorkloadSpec, load_experiment
 from sim import simulate
-from workloads import poisson_mix
+from workloads import arrivals, poisson_mix, transform
+from workloads.readers import LengthTable
+from workloads.trace import Trace
 
 DEFAULT_POLICIES = ("fifo", "priority", "slo", "fair", "cost", "adaptive")
 DEFAULT_ROUTERS = ("round_robin", "least_loaded", "power_of_two")
@@ -51,13 +55,22 @@ def main() -> None:
 @click.option("--requests", type=click.IntRange(min=1), help="Number of requests.")
 @click.option("--rate", type=click.FloatRange(min=0, min_open=True), help="Requests per second.")
 @click.option("--seed", type=int, help="Workload seed.")
+@click.option("--trace", "trace_path", type=click.Path(dir_okay=False),
+              help="Replay a trace file (Azure, BurstGPT, Mooncake, length table, ...). A "
+                   "length-only table gets Poisson arrivals at --rate.")
+@click.option("--format", "fmt", help="Trace format (default: detected).")
+@click.option("--skip-bad", is_flag=True, help="Skip malformed trace rows (reported).")
+@click.option("--rate-scale", type=click.FloatRange(min=0, min_open=True),
+              help="Replay the trace at this many times its rate.")
 @click.option("--out", type=click.Path(file_okay=False), help="Write records CSV per run here.")
 @click.option("--json", "as_json", is_flag=True, help="Print summaries as JSON.")
-def sim(config_path, policies, routers, requests, rate, seed, out, as_json) -> None:
+def sim(config_path, policies, routers, requests, rate, seed, trace_path, fmt, skip_bad,
+        rate_scale, out, as_json) -> None:
     """Simulate a workload under policies x routers and compare them.
 
     With no arguments: a built-in 8-instance scenario at about 90% load with three request
     classes (interactive / standard / batch), every policy against three routers.
+    With --trace: the trace's requests (the first --requests of them if given).
     """
     try:
         exp = load_experiment(config_path) if config_path else default_experiment()
@@ -76,9 +89,18 @@ def sim(config_path, policies, routers, requests, rate, seed, out, as_json) -> N
     if not routers:
         routers = (exp.router,) if config_path else DEFAULT_ROUTERS
     w = exp.workload
-    n = requests or w.requests
     r = rate or w.rate_per_s
     s = w.seed if seed is None else seed
+    if trace_path:
+        trace = _trace_workload(trace_path, fmt, skip_bad, requests, r, s, rate_scale)
+        make_requests = trace.requests
+        heading = (f"{len(exp.instances)} instances, {trace.name}: {len(trace)} requests "
+                   f"over {trace.duration_s:,.0f} s")
+    else:
+        n = requests or w.requests
+        def make_requests():
+            return poisson_mix(n, r, seed=s)
+        heading = f"{len(exp.instances)} instances, {n} requests at {r:g}/s (seed {s})"
     runs = [(p, rt) for p in policies for rt in routers]
     summaries = {}
     out_dir = Path(out) if out else None
@@ -86,7 +108,7 @@ def sim(config_path, policies, routers, requests, rate, seed, out, as_json) -> N
         out_dir.mkdir(parents=True, exist_ok=True)
     for policy, router in tqdm(runs, desc="simulating", unit="run", disable=as_json,
                                file=sys.stderr):
-        result = simulate(poisson_mix(n, r, seed=s), exp.instances, policy=policy,
+        result = simulate(make_requests(), exp.instances, policy=policy,
                           router=router, control=exp.control)
         label = f"{_label(policy)} / {_label(router)}"
         summaries[label] = result.summary()
@@ -95,8 +117,25 @@ def sim(config_path, policies, routers, requests, rate, seed, out, as_json) -> N
     if as_json:
         click.echo(json.dumps({k: v.to_dict() for k, v in summaries.items()}, indent=2))
         return
-    click.echo(f"{len(exp.instances)} instances, {n} requests at {r:g}/s (seed {s})")
+    click.echo(heading)
     click.echo(format_table(summaries))
+
+
+def _trace_workload(path: str, fmt: str | None, skip_bad: bool, limit: int | None,
+                    rate: float, seed: int, rate_scale: float | None) -> Trace:
+    """Load a trace for the simulator: lengths get Poisson arrivals; scale; keep the first
+    ``limit`` requests."""
+    data = load_trace(path, fmt, skip_bad, None)
+    if isinstance(data, LengthTable):
+        count = limit or len(data)
+        data = data.with_arrivals(arrivals.poisson(rate, n=count, seed=seed))
+    if rate_scale:
+        data = transform.scale_rate(data, rate_scale)
+    if limit and limit < len(data):
+        data = data.take(np.arange(limit), meta={"first_requests": limit})
+    if not len(data):
+        raise click.ClickException(f"{path}: no requests to simulate")
+    return data
 
 
 def _label(spec: object) -> str:

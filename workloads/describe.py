@@ -14,7 +14,7 @@ Definitions (all vectorised over the trace's columns):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -22,7 +22,8 @@ import numpy as np
 
 from workloads.trace import Trace
 
-__all__ = ["LengthStats", "TraceStats", "describe", "describe_lengths", "prefix_reuse"]
+__all__ = ["LengthStats", "TraceStats", "describe", "describe_lengths", "ideal_prefix_reuse",
+           "prefix_reuse"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,27 +88,29 @@ class TraceStats:
         return "\n".join(lines)
 
 
+def ideal_prefix_reuse(prefix_hashes: Sequence[tuple[int, ...]], prompt_tokens: Sequence[int],
+                       block_size: int) -> tuple[float, float]:
+    """(block, token) hit ratios of an unbounded prefix cache over requests in order."""
+    seen: set[int] = set()
+    blocks = hits = tokens = hit_tokens = 0
+    for hashes, prompt in zip(prefix_hashes, prompt_tokens, strict=True):
+        k = 0  # chained hashes: a seen block implies its whole prefix was seen
+        while k < len(hashes) and hashes[k] in seen:
+            k += 1
+        blocks += len(hashes)
+        hits += k
+        tokens += int(prompt)
+        hit_tokens += min(int(prompt), k * block_size)
+        seen.update(hashes[k:])
+    return (hits / blocks if blocks else 0.0), (hit_tokens / tokens if tokens else 0.0)
+
+
 def prefix_reuse(trace: Trace) -> tuple[float, float] | None:
-    """(block reuse ratio, token reuse ratio) for an unbounded cache, or None."""
+    """:func:`ideal_prefix_reuse` of a trace, or None without prefix hashes."""
     if trace.prefix_hashes is None or trace.block_size is None:
         return None
-    seen: set[int] = set()
-    blocks = hit_blocks = 0
-    tokens = hit_tokens = 0
-    bs = trace.block_size
-    for hashes, prompt in zip(trace.prefix_hashes, trace.prompt_tokens.tolist(), strict=True):
-        n = len(hashes)
-        k = 0  # chained hashes: a seen block implies its whole prefix was seen
-        while k < n and hashes[k] in seen:
-            k += 1
-        blocks += n
-        hit_blocks += k
-        tokens += prompt
-        hit_tokens += min(prompt, k * bs)
-        seen.update(hashes[k:])
-    if not blocks:
-        return 0.0, 0.0
-    return hit_blocks / blocks, (hit_tokens / tokens if tokens else 0.0)
+    return ideal_prefix_reuse(trace.prefix_hashes, trace.prompt_tokens.tolist(),
+                              trace.block_size)
 
 
 def _counts(values: np.ndarray | None) -> dict:
