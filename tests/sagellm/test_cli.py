@@ -124,3 +124,41 @@ def test_missing_file_is_a_clear_error(tmp_path):
     result = CliRunner().invoke(main, ["config", "check", str(tmp_path / "nope.yaml")])
     assert result.exit_code != 0
     assert "nope.yaml: cannot read" in result.output
+
+
+def test_sim_replays_a_trace_file(tmp_path):
+    path = tmp_path / "az.csv"
+    rows = ["TIMESTAMP,ContextTokens,GeneratedTokens"]
+    rows += [f"2023-11-16 18:17:{k // 10:02d}.{k % 10}000000,{100 + k},{5 + k % 7}"
+             for k in range(40)]
+    path.write_text("\n".join(rows) + "\n")
+    args = ["sim", "--trace", str(path), "--policy", "fifo", "--router", "round_robin",
+            "--json"]
+    data = json.loads(CliRunner().invoke(main, args).output)
+    assert data["fifo / round_robin"]["counts"]["total"] == 40
+    assert data["fifo / round_robin"]["tokens"]["prompt"] == sum(100 + k for k in range(40))
+    fast = json.loads(CliRunner().invoke(main, [*args, "--rate-scale", "2",
+                                                "--requests", "30"]).output)
+    assert fast["fifo / round_robin"]["counts"]["total"] == 30
+    assert fast["fifo / round_robin"]["duration_s"] < data["fifo / round_robin"]["duration_s"]
+
+
+def test_sim_pairs_a_length_table_with_poisson_arrivals(tmp_path):
+    path = tmp_path / "lens.csv"
+    path.write_text("num_prefill_tokens,num_decode_tokens\n" +
+                    "".join(f"{10 + k},{1 + k % 5}\n" for k in range(20)))
+    args = ["sim", "--trace", str(path), "--rate", "4", "--requests", "50", "--policy",
+            "fifo", "--router", "random", "--json"]
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0, first.output
+    assert json.loads(first.output)["fifo / random"]["counts"]["total"] == 50
+    assert CliRunner().invoke(main, args).output == first.output
+
+
+def test_sim_bad_trace_names_the_line(tmp_path):
+    path = tmp_path / "az.csv"
+    path.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n"
+                    "2023-11-16 18:17:03.0,100,x\n")
+    result = CliRunner().invoke(main, ["sim", "--trace", str(path)])
+    assert result.exit_code != 0
+    assert f"{path}:2: GeneratedTokens" in result.output
