@@ -28,7 +28,7 @@ DEFAULT_ROUTERS = ("round_robin", "least_loaded", "power_of_two")
 
 
 def default_experiment() -> Experiment:
-    """8 instances (4 fast at $4/h, 4 slower at $2/h) at about 90% load, mixed classes."""
+    """8 instances (4 fast at $4/h, 4 slower at $2/h) near saturation, mixed classes."""
     fast = [InstanceSpec(f"fast-{k}", gpu_type="h100", price_per_hour_usd=4.0,
                          max_inflight=16, decode_s_per_token=0.02, tokens_per_s=3000)
             for k in range(4)]
@@ -36,7 +36,7 @@ def default_experiment() -> Experiment:
                          max_inflight=16, decode_s_per_token=0.03, prefill_tokens_per_s=5000,
                          tokens_per_s=2000) for k in range(4)]
     return Experiment(tuple(fast + slow), control=ControlPlaneConfig(max_queue=2000),
-                      workload=WorkloadSpec(requests=3000, rate_per_s=26.0, seed=0))
+                      workload=WorkloadSpec(requests=3000, rate_per_s=22.0, seed=0))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -68,7 +68,7 @@ def sim(config_path, policies, routers, requests, rate, seed, trace_path, fmt, s
         rate_scale, out, as_json) -> None:
     """Simulate a workload under policies x routers and compare them.
 
-    With no arguments: a built-in 8-instance scenario at about 90% load with three request
+    With no arguments: a built-in 8-instance scenario near saturation with three request
     classes (interactive / standard / batch), every policy against three routers.
     With --trace: the trace's requests (the first --requests of them if given).
     """
