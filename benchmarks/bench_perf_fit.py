@@ -1,0 +1,93 @@
+"""Performance-model accuracy against Vidur's GPU operator profiles, and predictor speed.
+
+Accuracy: relative error |predicted / measured - 1| of the committed coefficients
+(``control_plane/perf/data/fitted_coefficients.json``) on every profile row, per GPU and
+op group: ``gemm`` (each of a layer's 4 matmuls), ``elementwise`` (norms, RoPE, activation,
+residual add), ``layer_sum`` (a layer's 9 non-attention ops summed, what an iteration
+adds up), for the models the fit used (``train``: Llama-2-7B/70B) and the ones it did not
+(``held_out``: Llama-3-8B/70B on A100, CodeLlama-34B on H100); and per collective, link
+and GPU count for all-reduce and send/recv (``in_sample``). Read from the profiles when
+present (``--profiles``, default ../shared/profiles of the repo), else the figures the
+JSON recorded at fit time are printed (``"from": "recorded"``).
+
+Speed: microseconds per ``iteration_s`` and ``decode_run_s`` call (median of 5 x 20,000
+calls), the latter being what the simulator's decode fast-forward pays per run.
+
+    python benchmarks/bench_perf_fit.py [--json] [--check] [--profiles DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import timeit
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from control_plane.perf import Batch, ParallelConfig, RooflinePredictor, load_coefficients  # noqa: E402
+from control_plane.perf.coefficients import BUILTIN_COEFFICIENTS  # noqa: E402
+
+THRESHOLDS = {"layer_sum": (0.10, 0.25), "gemm": (0.15, 0.30), "elementwise": (0.20, 0.35)}
+NETWORK = (0.15, 0.35)
+
+
+def accuracy(profiles: Path) -> tuple[str, list[dict]]:
+    if (profiles / "vidur").is_dir():
+        from sagellm.perf_fit import evaluate, load_mlp, load_net
+        return "profiles", evaluate(load_coefficients(), load_mlp(profiles), load_net(profiles))
+    return "recorded", json.loads(BUILTIN_COEFFICIENTS.read_text())["errors"]
+
+
+def speed() -> dict:
+    out = {}
+    cases = {"llama-3-8b/h100/tp1": ("llama-3-8b", "h100", ParallelConfig()),
+             "llama-3-70b/h100/tp4-pp2": ("llama-3-70b", "h100", ParallelConfig(tp=4, pp=2)),
+             "mixtral-8x7b/h100/tp2": ("mixtral-8x7b", "h100", ParallelConfig(tp=2))}
+    mixed = Batch(prefill_tokens=512, prefill_attention=512 * 1024, decode_seqs=63,
+                  decode_context=63 * 1500)
+    for name, (m, g, par) in cases.items():
+        p = RooflinePredictor(m, g, par)
+        n = 20_000
+        it = [timeit.timeit(lambda p=p: p.iteration_s(mixed), number=n) / n for _ in range(5)]
+        dr = [timeit.timeit(lambda p=p: p.decode_run_s(64, 64 * 1500, 200), number=n) / n
+              for _ in range(5)]
+        out[name] = {"iteration_s_us": round(statistics.median(it) * 1e6, 2),
+                     "decode_run_s_us": round(statistics.median(dr) * 1e6, 2),
+                     "decode_bs1_ms": round(p.iteration_s(Batch(decode_seqs=1,
+                                                                decode_context=1000)) * 1e3, 3),
+                     "prefill_2048_ms": round(p.iteration_s(
+                         Batch(prefill_tokens=2048, prefill_attention=2048 ** 2)) * 1e3, 2)}
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--check", action="store_true", help="exit 1 if an error exceeds its bound")
+    ap.add_argument("--profiles", type=Path, default=ROOT.parent / "shared" / "profiles")
+    args = ap.parse_args()
+    source, errors = accuracy(args.profiles)
+    failed = [e for e in errors
+              if e["median"] > THRESHOLDS.get(e["group"], NETWORK)[0]
+              or e["p90"] > THRESHOLDS.get(e["group"], NETWORK)[1]]
+    result = {"from": source, "errors": errors, "speed": speed(), "failed": len(failed)}
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        print(f"relative error vs Vidur profiles (from {source})")
+        for e in errors:
+            print(f"  {e['gpu']:5s} {e['group']:24s} {e['split']:9s} n={e['n']:6d}  "
+                  f"median {e['median']:.3f}  p90 {e['p90']:.3f}  max {e['max']:.3f}")
+        for name, s in result["speed"].items():
+            print(f"  {name:26s} iteration_s {s['iteration_s_us']:6.2f} us  decode_run_s "
+                  f"{s['decode_run_s_us']:6.2f} us  decode bs1 {s['decode_bs1_ms']} ms  "
+                  f"prefill 2048 {s['prefill_2048_ms']} ms")
+    return 1 if args.check and failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

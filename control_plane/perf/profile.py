@@ -1,0 +1,245 @@
+"""Measured iteration-time tables and the predictor fitted to them.
+
+Profile table format (CSV, UTF-8), one file per model / GPU / TP / PP::
+
+    # sagellm iteration profile v1
+    # model: llama-3-8b
+    # gpu: h100
+    # tp: 1
+    # pp: 1
+    # source: vLLM 0.9.1, 1x H100 SXM, measured 2025-06-01   (free text, optional)
+    prefill_tokens,prefill_attention,decode_seqs,decode_context,iteration_s
+    512,131328,0,0,0.0391
+    0,0,64,65536,0.0142
+
+Metadata lines ``# key: value`` come before the header; ``model``, ``gpu``, ``tp`` and
+``pp`` are required (names as :func:`~control_plane.perf.get_model` /
+:func:`~control_plane.perf.get_gpu` accept them). Columns, one row per measured engine
+iteration, are those of :class:`~control_plane.perf.base.Batch` plus ``iteration_s``
+(seconds, wall time of the step); ``prefill_attention`` and ``decode_context`` default to 0
+when absent; other columns are ignored. Files are found by :func:`find_profile` in a folder
+(``*.csv``, recursively) by their metadata, not their names.
+
+:class:`FittedPredictor` fits ``iteration_s ~ intercept + a * prefill_tokens + b *
+prefill_attention + c * decode_seqs + d * decode_context`` with all coefficients >= 0,
+minimising the squared *relative* error (rows weighted by 1 / iteration_s), by solving the
+least-squares problem on every subset of features and keeping the best non-negative
+solution (exact NNLS for 5 features). It is linear in the decode context, so
+``decode_run_s`` is closed-form.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from control_plane.errors import ConfigError
+from control_plane.perf.base import Batch
+from control_plane.perf.coefficients import Coefficients
+from control_plane.perf.hardware import GPUSpec, get_gpu
+from control_plane.perf.models import ModelSpec, get_model
+from control_plane.perf.parallel import ParallelConfig
+from control_plane.perf.roofline import RooflinePredictor
+
+__all__ = ["COLUMNS", "FittedPredictor", "ProfileTable", "find_profile", "predictor_for",
+           "read_profile", "write_profile"]
+
+COLUMNS = ("prefill_tokens", "prefill_attention", "decode_seqs", "decode_context")
+_REQUIRED_META = ("model", "gpu", "tp", "pp")
+
+
+@dataclass(frozen=True, eq=False)
+class ProfileTable:
+    model: str
+    gpu: str
+    tp: int
+    pp: int
+    features: np.ndarray  # rows x 4, the COLUMNS
+    iteration_s: np.ndarray
+    meta: dict = field(default_factory=dict)
+
+    def matches(self, model: ModelSpec, gpu: GPUSpec, parallel: ParallelConfig) -> bool:
+        return (_norm_model(self.model) == model.name and _norm_gpu(self.gpu) == gpu.name
+                and self.tp == parallel.tp and self.pp == parallel.pp)
+
+
+def _norm_model(name: str) -> str:
+    try:
+        return get_model(name).name
+    except (ConfigError, ValueError):
+        return name.strip().lower()
+
+
+def _norm_gpu(name: str) -> str:
+    try:
+        return get_gpu(name).name
+    except ConfigError:
+        return name.strip().lower()
+
+
+def _read_meta(f) -> tuple[dict, int]:
+    """The ``# key: value`` lines at the top of an open file; leaves it at the header."""
+    meta, line_no = {}, 0
+    pos = f.tell()
+    while True:
+        line = f.readline()
+        if not line.startswith("#"):
+            f.seek(pos)
+            return meta, line_no
+        pos, line_no = f.tell(), line_no + 1
+        key, sep, value = line[1:].partition(":")
+        if sep:
+            meta[key.strip().lower()] = value.strip()
+
+
+def read_profile(path: str | Path) -> ProfileTable:
+    """Parse a profile table (format in the module docstring); errors name file:line."""
+    path = Path(path)
+    try:
+        with path.open(newline="") as f:
+            meta, skipped = _read_meta(f)
+            rows = list(csv.reader(f))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read profile: {exc}") from exc
+    for key in _REQUIRED_META:
+        if key not in meta:
+            raise ConfigError(f"{path}: missing metadata line '# {key}: ...'")
+    if not rows:
+        raise ConfigError(f"{path}:{skipped + 1}: missing header row")
+    header = [h.strip() for h in rows[0]]
+    for col in ("prefill_tokens", "decode_seqs", "iteration_s"):
+        if col not in header:
+            raise ConfigError(f"{path}:{skipped + 1}: missing column {col!r} (have {header})")
+    idx = {c: header.index(c) for c in (*COLUMNS, "iteration_s") if c in header}
+    feats, ys = [], []
+    for i, row in enumerate(rows[1:], start=skipped + 2):
+        if not any(cell.strip() for cell in row):
+            continue
+        try:
+            vals = [float(row[idx[c]]) if c in idx else 0.0 for c in COLUMNS]
+            y = float(row[idx["iteration_s"]])
+        except (ValueError, IndexError) as exc:
+            raise ConfigError(f"{path}:{i}: bad row {row!r}: {exc}") from exc
+        if min(vals) < 0 or not y > 0:
+            raise ConfigError(f"{path}:{i}: values must be >= 0 and iteration_s > 0: {row!r}")
+        feats.append(vals)
+        ys.append(y)
+    if not ys:
+        raise ConfigError(f"{path}: no data rows")
+    try:
+        tp, pp = int(meta["tp"]), int(meta["pp"])
+    except ValueError as exc:
+        raise ConfigError(f"{path}: tp/pp metadata must be integers: {exc}") from exc
+    return ProfileTable(meta["model"], meta["gpu"], tp, pp, np.array(feats, float),
+                        np.array(ys, float), meta)
+
+
+def write_profile(path: str | Path, table: ProfileTable) -> None:
+    """Write ``table`` in the documented format."""
+    meta = {**table.meta, "model": table.model, "gpu": table.gpu, "tp": table.tp,
+            "pp": table.pp}
+    with Path(path).open("w", newline="") as f:
+        f.write("# sagellm iteration profile v1\n")
+        for k, v in meta.items():
+            f.write(f"# {k}: {v}\n")
+        w = csv.writer(f)
+        w.writerow([*COLUMNS, "iteration_s"])
+        for feats, y in zip(table.features, table.iteration_s, strict=True):
+            w.writerow([*(int(v) if float(v).is_integer() else v for v in feats), repr(float(y))])
+
+
+def find_profile(model: ModelSpec | str, gpu: GPUSpec | str, parallel: ParallelConfig,
+                 profiles_dir: str | Path) -> Path | None:
+    """The table in ``profiles_dir`` for this model/GPU/TP/PP, None if there is none;
+    ConfigError if several match."""
+    m, g = get_model(model), get_gpu(gpu)
+    hits = []
+    for path in sorted(Path(profiles_dir).rglob("*.csv")):
+        with path.open(newline="") as f:
+            meta, _ = _read_meta(f)
+        if not all(k in meta for k in _REQUIRED_META):
+            continue
+        if (_norm_model(meta["model"]) == m.name and _norm_gpu(meta["gpu"]) == g.name
+                and meta["tp"].strip() == str(parallel.tp)
+                and meta["pp"].strip() == str(parallel.pp)):
+            hits.append(path)
+    if len(hits) > 1:
+        raise ConfigError(f"several profiles match {m.name}/{g.name}/{parallel}: "
+                          + ", ".join(map(str, hits)))
+    return hits[0] if hits else None
+
+
+@dataclass(frozen=True, slots=True)
+class FittedPredictor:
+    """Linear predictor fitted to a measured profile table (see module docstring)."""
+
+    intercept_s: float
+    per_prefill_token_s: float
+    per_attention_pair_s: float
+    per_decode_seq_s: float
+    per_context_token_s: float
+    model: str = ""
+    gpu: str = ""
+    tp: int = 1
+    pp: int = 1
+    rows: int = 0
+    fit_rel_err_median: float = 0.0
+    fit_rel_err_max: float = 0.0
+
+    @classmethod
+    def from_table(cls, table: ProfileTable) -> FittedPredictor:
+        X = np.column_stack([np.ones(len(table.iteration_s)), table.features])
+        y = table.iteration_s
+        if len(y) < 2:
+            raise ConfigError(f"profile {table.model}/{table.gpu}: need >= 2 rows, got {len(y)}")
+        A = X / y[:, None]  # relative-error weighting: minimise sum((X c / y - 1)^2)
+        scale = np.abs(A).max(axis=0)
+        scale[scale == 0] = 1.0
+        A = A / scale
+        best, best_res = np.zeros(5), np.inf
+        for r in range(1, 6):
+            for cols in itertools.combinations(range(5), r):
+                sol = np.linalg.lstsq(A[:, cols], np.ones(len(y)), rcond=None)[0]
+                if (sol < 0).any():
+                    continue
+                res = float(np.sum((A[:, cols] @ sol - 1.0) ** 2))
+                if res < best_res - 1e-15:
+                    best, best_res = np.zeros(5), res
+                    best[list(cols)] = sol
+        coef = best / scale
+        rel = np.abs(X @ coef / y - 1)
+        return cls(*(float(c) for c in coef), model=table.model, gpu=table.gpu, tp=table.tp,
+                   pp=table.pp, rows=len(y), fit_rel_err_median=float(np.median(rel)),
+                   fit_rel_err_max=float(rel.max()))
+
+    def iteration_s(self, batch: Batch) -> float:
+        if batch.prefill_tokens + batch.decode_seqs <= 0:
+            return 0.0
+        return (self.intercept_s + self.per_prefill_token_s * batch.prefill_tokens
+                + self.per_attention_pair_s * batch.prefill_attention
+                + self.per_decode_seq_s * batch.decode_seqs
+                + self.per_context_token_s * batch.decode_context)
+
+    def decode_run_s(self, decode_seqs: int, decode_context: int, steps: int) -> float:
+        if steps <= 0 or decode_seqs <= 0:
+            return 0.0
+        first = self.iteration_s(Batch(decode_seqs=decode_seqs, decode_context=decode_context))
+        return steps * first + self.per_context_token_s * decode_seqs * steps * (steps - 1) / 2
+
+
+def predictor_for(model: ModelSpec | str, gpu: GPUSpec | str,
+                  parallel: ParallelConfig | None = None,
+                  profiles_dir: str | Path | None = None, coeffs: Coefficients | None = None,
+                  **roofline_kwargs) -> FittedPredictor | RooflinePredictor:
+    """The fitted predictor when ``profiles_dir`` holds a table for this model, GPU, TP and
+    PP; else the roofline (``roofline_kwargs``: ``interconnect``, ``gpus_per_node``)."""
+    parallel = parallel or ParallelConfig()
+    if profiles_dir is not None:
+        path = find_profile(model, gpu, parallel, profiles_dir)
+        if path is not None:
+            return FittedPredictor.from_table(read_profile(path))
+    return RooflinePredictor(model, gpu, parallel, coeffs, **roofline_kwargs)

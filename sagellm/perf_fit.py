@@ -1,0 +1,291 @@
+"""Fit the roofline's efficiency and overhead terms to Vidur's public GPU operator profiles.
+
+    python -m sagellm.perf_fit [--profiles ../shared/profiles] [--out PATH] [--check]
+
+Reads ``<profiles>/vidur/mlp__<gpu>__<org>__<model>.csv.gz`` (per-layer operator times in
+ms, median of repeats, for num_tokens 1..4096 and TP 1/2/4/8) and
+``net__<topology>__{all_reduce,send_recv}.csv.gz`` (collective times vs message size), and
+writes ``control_plane/perf/data/fitted_coefficients.json``: per GPU family the matmul
+``eff_compute``/``eff_mem``/``launch_s``/``smooth_p``, per element-wise op ``launch_s`` and
+``eff_mem``, per link and GPU count the collective ``alpha_s`` and bandwidth efficiency,
+and the predictor's relative errors against the profile rows (``errors``).
+
+Fitting: minimise the mean squared log ratio predicted/measured (relative error, robust to
+the 4-decade spread of times) with Nelder-Mead on log-parameters. The operator formulas are
+:mod:`control_plane.perf.ops`, evaluated on numpy arrays, so the errors recorded are those
+of the predictor itself. Compute coefficients are fitted on the Llama-2 7B/70B profiles
+only; the other models (Llama-3-8B/70B on A100, CodeLlama-34B on H100) are held out.
+
+Link kinds: ``nvlink`` from the ``*_dgx`` (NVSwitch) files with all GPUs in one node;
+``pcie`` from the 4-GPU all-reduce of the ``*_pairwise_nvlink`` files, whose ring crosses
+PCIe between NVLink pairs (PCIe send_recv has no profile: it reuses the NVLink send_recv
+latency and the PCIe all-reduce efficiency); ``inter_node`` from the send_recv rows with
+one GPU per node.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from control_plane.perf.coefficients import BUILTIN_COEFFICIENTS, Coefficients, GemmCoeffs
+from control_plane.perf.coefficients import ElementwiseCoeffs as EwC
+from control_plane.perf.hardware import get_gpu
+from control_plane.perf.models import ModelSpec
+from control_plane.perf.ops import (
+    ELEMENTWISE_OPS,
+    GEMM_OPS,
+    LAYER_OPS,
+    comm_s,
+    elementwise_bytes_per_token,
+    elementwise_s,
+    gemm_s,
+    gemm_shapes,
+    layer_op_times,
+)
+
+__all__ = ["evaluate", "fit", "load_mlp", "load_net", "main"]
+
+SOURCE = ("Vidur operator profiles, microsoft/vidur commit "
+          "7d47513363ec447a741ac5e47241580b47724fbf data/profiling/, MIT License "
+          "(Copyright (c) Microsoft Corporation)")
+TRAIN_MODELS = ("Llama-2-7b-hf", "Llama-2-70b-hf")
+PER_ITERATION_OVERHEAD_S = 0.001  # not in the operator profiles: assumption until calibrated
+ATTENTION_CAUSAL_FACTOR = 0.5
+DEFAULT_PROFILES = Path(__file__).resolve().parents[2] / "shared" / "profiles"
+
+
+def nelder_mead(f, x0, step: float = 0.3, iters: int = 3000, tol: float = 1e-12):
+    """Minimise ``f`` from ``x0`` (deterministic downhill simplex)."""
+    pts = [np.asarray(x0, float)] + [np.asarray(x0, float) + step * e
+                                     for e in np.eye(len(x0))]
+    vals = [f(p) for p in pts]
+    for _ in range(iters):
+        order = np.argsort(vals, kind="stable")
+        pts, vals = [pts[i] for i in order], [vals[i] for i in order]
+        if vals[-1] - vals[0] < tol:
+            break
+        c = np.mean(pts[:-1], axis=0)
+        xr = c + (c - pts[-1])
+        fr = f(xr)
+        if fr < vals[0]:
+            xe = c + 2 * (c - pts[-1])
+            fe = f(xe)
+            pts[-1], vals[-1] = (xe, fe) if fe < fr else (xr, fr)
+        elif fr < vals[-2]:
+            pts[-1], vals[-1] = xr, fr
+        else:
+            xc = c + 0.5 * (pts[-1] - c)
+            fc = f(xc)
+            if fc < vals[-1]:
+                pts[-1], vals[-1] = xc, fc
+            else:
+                pts = [pts[0] + 0.5 * (p - pts[0]) for p in pts]
+                vals = [f(p) for p in pts]
+    i = int(np.argmin(vals))
+    return pts[i]
+
+
+def _minimise(f, x0):
+    x = nelder_mead(f, np.log(x0))
+    return np.exp(nelder_mead(f, x, step=0.1))  # restart: escapes simplex collapse
+
+
+def load_mlp(profiles: Path) -> list[tuple[str, str, ModelSpec, pd.DataFrame]]:
+    """(gpu, model name, per-layer ModelSpec, rows) for each ``mlp__*.csv.gz``."""
+    out = []
+    for f in sorted((profiles / "vidur").glob("mlp__*.csv.gz")):
+        _, gpu, _org, name = f.name[: -len(".csv.gz")].split("__")
+        d = pd.read_csv(f)
+        r = d.iloc[0]
+        spec = ModelSpec(name, 1, int(r.n_embd), int(r.n_head), int(r.n_kv_head),
+                         int(r.n_embd) // int(r.n_head), int(r.n_expanded_embd),
+                         int(r.vocab_size))
+        out.append((gpu, name, spec, d))
+    if not out:
+        raise FileNotFoundError(f"no vidur/mlp__*.csv.gz under {profiles}")
+    return out
+
+
+def load_net(profiles: Path) -> pd.DataFrame:
+    frames = []
+    for f in sorted((profiles / "vidur").glob("net__*.csv.gz")):
+        _, topo, coll = f.name[: -len(".csv.gz")].split("__")
+        d = pd.read_csv(f)
+        frames.append(pd.DataFrame({
+            "family": topo.split("_")[0], "topology": topo, "collective": coll,
+            "n": d.num_workers, "per_node": d.devices_per_node, "size": d["size"].astype(float),
+            "t": d[f"time_stats.{coll}.median"] * 1e-3}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _net_groups(net: pd.DataFrame):
+    """(family, link kind, collective, n, rows) for the rows each link kind is fitted on."""
+    for (fam, topo, coll, n, per_node), g in net.groupby(
+            ["family", "topology", "collective", "n", "per_node"]):
+        if per_node == 1 and coll == "send_recv" and topo.endswith("_dgx"):
+            yield fam, "inter_node", coll, n, g
+        elif per_node == n and topo.endswith("_dgx"):
+            yield fam, "nvlink", coll, n, g
+        elif per_node == n and topo.endswith("_pairwise_nvlink") and n == 4:
+            yield fam, "pcie", coll, n, g
+
+
+def _link_bw(fam: str, kind: str) -> float:
+    gpu = get_gpu(fam)
+    return {"nvlink": gpu.nvlink_bytes_per_s, "pcie": gpu.pcie_bytes_per_s}.get(kind, 0.0)
+
+
+def fit(profiles: Path) -> dict:
+    """Fit every family found in ``profiles``; returns the coefficients JSON dict."""
+    mlp, net = load_mlp(profiles), load_net(profiles)
+    families: dict[str, dict] = {}
+    for fam in sorted({gpu for gpu, *_ in mlp}):
+        gpu = get_gpu(fam)
+        train = [(spec, d) for g, name, spec, d in mlp if g == fam and name in TRAIN_MODELS]
+        # Matmuls: one array of (tokens, k, n, measured) over all rows and ops.
+        T, K, N, Y = [], [], [], []
+        for spec, d in train:
+            for tp, g in d.groupby("num_tensor_parallel_workers"):
+                for op, (k, n) in gemm_shapes(spec, int(tp)).items():
+                    T.append(g.num_tokens.to_numpy(float))
+                    K.append(np.full(len(g), k))
+                    N.append(np.full(len(g), n))
+                    Y.append(g[f"time_stats.{op}.median"].to_numpy() * 1e-3)
+        T, K, N, Y = (np.concatenate(a) for a in (T, K, N, Y))
+
+        def gemm_loss(x, T=T, K=K, N=N, Y=Y, gpu=gpu):
+            c = GemmCoeffs(*np.exp(x))
+            return float(np.mean(np.log(gemm_s(T, K, N, gpu, c) / Y) ** 2))
+
+        ec, em, launch, p = _minimise(gemm_loss, [0.7, 0.8, 1e-5, 2.0])
+        fam_out = {"gemm": {"eff_compute": _r(ec), "eff_mem": _r(em), "launch_s": _r(launch),
+                            "smooth_p": _r(p)}, "elementwise": {}}
+        for op in (*ELEMENTWISE_OPS, "emb"):
+            B, Y = [], []
+            for spec, d in train:
+                for tp, g in d.groupby("num_tensor_parallel_workers"):
+                    B.append(g.num_tokens.to_numpy(float)
+                             * elementwise_bytes_per_token(spec, int(tp))[op])
+                    Y.append(g[f"time_stats.{op}.median"].to_numpy() * 1e-3)
+            B, Y = np.concatenate(B), np.concatenate(Y)
+
+            def ew_loss(x, B=B, Y=Y, gpu=gpu):
+                return float(np.mean(np.log(elementwise_s(B, gpu, EwC(*np.exp(x))) / Y) ** 2))
+
+            la, ef = _minimise(ew_loss, [3e-6, 0.5])
+            fam_out["elementwise"][op] = {"launch_s": _r(la), "eff_mem": _r(ef)}
+        families[fam] = fam_out | {"all_reduce": {}, "send_recv": {}}
+
+    for fam, kind, coll, n, g in _net_groups(net):
+        if fam not in families:
+            continue
+        bw_link = _link_bw(fam, kind)
+        size, y = g["size"].to_numpy(), g.t.to_numpy()
+        k = 2.0 * (n - 1) / n if coll == "all_reduce" else 1.0
+
+        def net_loss(x, size=size, y=y, k=k):
+            alpha, bw = np.exp(x)
+            return float(np.mean(np.log((alpha + k * size / bw) / y) ** 2))
+
+        alpha, bw = _minimise(net_loss, [2e-5, 1e11])
+        entry = ({"alpha_s": _r(alpha), "bytes_per_s": _r(bw)} if kind == "inter_node"
+                 else {"alpha_s": _r(alpha), "eff": _r(bw / bw_link)})
+        if coll == "all_reduce":
+            families[fam]["all_reduce"].setdefault(kind, {})[str(n)] = entry
+        else:
+            families[fam]["send_recv"][kind] = entry
+    for f in families.values():  # PCIe send_recv: no profile (see module docstring)
+        pcie = f["all_reduce"]["pcie"]["4"]
+        f["send_recv"]["pcie"] = {"alpha_s": f["send_recv"]["nvlink"]["alpha_s"],
+                                  "eff": pcie["eff"]}
+    out = {
+        "source": SOURCE,
+        "fit_date": dt.date.today().isoformat(),
+        "fitted_by": "python -m sagellm.perf_fit (sagellm/perf_fit.py)",
+        "train_models": list(TRAIN_MODELS),
+        "per_iteration_overhead_s": PER_ITERATION_OVERHEAD_S,
+        "per_iteration_overhead_note": "assumed, not fitted: CPU-side step cost is not in "
+                                       "the operator profiles",
+        "attention_causal_factor": ATTENTION_CAUSAL_FACTOR,
+        "attention_note": "no attention profile: roofline with the matmul efficiencies",
+        "families": families,
+    }
+    out["errors"] = evaluate(Coefficients.from_dict(out), mlp, net)
+    return out
+
+
+def _r(x: float) -> float:
+    return float(f"{float(x):.6g}")
+
+
+def _stats(rel: np.ndarray) -> dict:
+    a = np.abs(rel)
+    return {"n": int(a.size), "median": _r(np.median(a)), "p90": _r(np.quantile(a, 0.9)),
+            "max": _r(a.max()), "bias": _r(np.median(rel))}
+
+
+def evaluate(coeffs: Coefficients, mlp, net: pd.DataFrame) -> list[dict]:
+    """Relative errors (predicted / measured - 1) of ``coeffs`` on every profile row:
+    per GPU, op group (``gemm``: each matmul; ``elementwise``; ``layer_sum``: the sum of a
+    layer's 9 non-attention ops) and split; per collective and link for the network.
+    Each row: ``n`` rows compared, ``median``/``p90``/``max`` of |rel|, ``bias`` = median
+    of the signed rel (> 0: the predictor is slow)."""
+    rows = []
+    for fam in sorted({g for g, *_ in mlp}):
+        fc = coeffs.for_gpu(get_gpu(fam))
+        for split in ("train", "held_out"):
+            rel: dict[str, list] = {"gemm": [], "elementwise": [], "layer_sum": []}
+            models = []
+            for g, name, spec, d in mlp:
+                if g != fam or (name in TRAIN_MODELS) != (split == "train"):
+                    continue
+                models.append(name)
+                for tp, grp in d.groupby("num_tensor_parallel_workers"):
+                    pred = layer_op_times(spec, int(tp), grp.num_tokens.to_numpy(float),
+                                          get_gpu(fam), fc)
+                    meas = {op: grp[f"time_stats.{op}.median"].to_numpy() * 1e-3
+                            for op in LAYER_OPS}
+                    for op in LAYER_OPS:
+                        key = "gemm" if op in GEMM_OPS else "elementwise"
+                        rel[key].append(pred[op] / meas[op] - 1)
+                    rel["layer_sum"].append(sum(pred[op] for op in LAYER_OPS)
+                                            / sum(meas.values()) - 1)
+            if not models:
+                continue
+            for group, parts in rel.items():
+                rows.append({"gpu": fam, "group": group, "split": split, "models": models}
+                            | _stats(np.concatenate(parts)))
+    for fam, kind, coll, n, g in _net_groups(net):
+        if fam not in coeffs.families:
+            continue
+        fc = coeffs.families[fam]
+        lc = fc.all_reduce[kind][n] if coll == "all_reduce" else fc.send_recv[kind]
+        pred = comm_s(g["size"].to_numpy(), n, lc, _link_bw(fam, kind), coll)
+        rows.append({"gpu": fam, "group": f"{coll}_{kind}_n{n}", "split": "in_sample",
+                     "models": []} | _stats(pred / g.t.to_numpy() - 1))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--profiles", type=Path, default=DEFAULT_PROFILES,
+                    help="folder holding vidur/ (default: ../shared/profiles of the repo)")
+    ap.add_argument("--out", type=Path, default=BUILTIN_COEFFICIENTS)
+    args = ap.parse_args(argv)
+    out = fit(args.profiles)
+    args.out.write_text(json.dumps(out, indent=1) + "\n")
+    for e in out["errors"]:
+        print(f"{e['gpu']:5s} {e['group']:24s} {e['split']:9s} n={e['n']:5d} "
+              f"median={e['median']:.3f} p90={e['p90']:.3f} max={e['max']:.3f}")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
