@@ -18,6 +18,7 @@ from control_plane.routing import FILTERS, PICKERS, ROUTERS, SCORERS
 from sagellm.cli_workloads import load as load_trace
 from sagellm.cli_workloads import workloads
 from sagellm.experiment import Experiment, WorkloadSpec, load_experiment
+from sagellm.plan import plan_cmd
 from sim import simulate
 from workloads import arrivals, poisson_mix, transform
 from workloads.readers import LengthTable
@@ -179,6 +180,7 @@ def config_check(path) -> None:
 
 
 main.add_command(workloads)
+main.add_command(plan_cmd)
 
 if __name__ == "__main__":
     main()
