@@ -1,10 +1,24 @@
 """SimPy driver: replays requests through a ControlPlane on modelled instances.
 
 The driver owns simulated time. It submits each request at its arrival, executes the
-manager's actions (Dispatch starts a serving process, Retry interrupts one, Reject records
-the reason), scrapes every instance's stats into ``observe`` every ``scrape_interval_s``
-(so routers see stale engine stats as in live mode) and calls ``tick`` every
-``tick_interval_s``. Deterministic: no wall clock, no unseeded randomness.
+manager's actions (Dispatch sends the request to an instance, Retry cancels an attempt,
+Reject records the reason), scrapes every instance's engine stats into ``observe`` every
+``scrape_interval_s`` (routers see stale engine stats, as in live mode) and calls ``tick``
+every ``tick_interval_s``. Deterministic: no wall clock, no unseeded randomness.
+
+Service models:
+
+- the default, :class:`~sim.config.EngineModel`: each instance runs a
+  :class:`~sim.engine.Engine` (vLLM v1 scheduler semantics, paged KV, prefix caching,
+  preemption) timed by an iteration-time predictor, in :mod:`sim.cluster`: requests cross a
+  network delay gateway -> engine and back; ``failures`` take instances down (their
+  in-flight requests are retried elsewhere by the control plane and counted in
+  ``attempts``) and back up, empty;
+- :class:`~sim.request_level.RequestLevelModel`: the coarse request-level model.
+
+Memory: with ``SimConfig(keep_records=False)`` per-request outcomes go to compact columns
+(:class:`~sim.columns.RecordColumns`) that still give the full :class:`Summary`; the
+workload iterable is consumed lazily (pass a generator, e.g. ``Trace.requests()``).
 """
 
 from __future__ import annotations
@@ -28,21 +42,12 @@ from control_plane import (
 )
 from control_plane.manager import ControlPlaneCounters
 from control_plane.metrics import RequestRecord, Summary, summarize
+from sim.cluster import ClusterRun, InstanceSeries
+from sim.columns import RecordColumns
+from sim.config import EngineModel, InstanceSim, SimConfig
 from sim.request_level import RequestLevelModel
 
-__all__ = ["SimConfig", "SimResult", "simulate"]
-
-
-@dataclass(frozen=True, slots=True)
-class SimConfig:
-    scrape_interval_s: float = 0.5
-    tick_interval_s: float = 0.5
-
-    def __post_init__(self) -> None:
-        for name in ("scrape_interval_s", "tick_interval_s"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or not v > 0:
-                raise ValueError(f"SimConfig.{name}={v!r}: must be a number > 0")
+__all__ = ["SimResult", "simulate"]
 
 
 @dataclass(slots=True)
@@ -52,24 +57,29 @@ class SimResult:
     switches: list[PolicySwitch]
     counters: ControlPlaneCounters
     end_s: float
+    series: dict[str, InstanceSeries] = field(default_factory=dict)
+    columns: RecordColumns | None = None  # keep_records=False: the compact records
+    # per instance: engine iterations run and preemptions (engine model)
+    engine_counters: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def summary(self) -> Summary:
+        if self.columns is not None:
+            return self.columns.summary(instances=self.instances)
         return summarize(self.records, instances=self.instances)
 
 
+# -- the request-level model ------------------------------------------------------------
 @dataclass(slots=True)
-class _Track:
+class _RTrack:
     request: Request
     dispatch_s: float | None = None
     first_token_s: float | None = None
     instance_id: str | None = None
     attempts: int = 0
     process: simpy.Process | None = None
-    cost_usd: float = 0.0
-    extra: dict = field(default_factory=dict)
 
 
-class _Run:
+class _RequestLevelRun:
     def __init__(self, cp: ControlPlane, model: RequestLevelModel, config: SimConfig) -> None:
         self.cp = cp
         self.model = model
@@ -78,12 +88,11 @@ class _Run:
         self.specs = {v.instance_id: v.spec for v in cp.cluster.instances}
         self.running = dict.fromkeys(self.specs, 0)
         self.kv_tokens = dict.fromkeys(self.specs, 0)
-        self.tracks: dict[str, _Track] = {}
+        self.tracks: dict[str, _RTrack] = {}
         self.records: list[RequestRecord] = []
         self.arrivals_done = False
         self.all_done = self.env.event()
 
-    # -- actions ----------------------------------------------------------------------
     def execute(self, actions) -> None:
         now = self.env.now
         for a in actions:
@@ -105,14 +114,10 @@ class _Run:
                     t.request, status="rejected", reject_cause=a.cause.value,
                     reject_detail=a.detail, instance_id=t.instance_id,
                     dispatch_s=t.dispatch_s, attempts=t.attempts))
-        self.check_done()
-
-    def check_done(self) -> None:
         if self.arrivals_done and not self.tracks and not self.all_done.triggered:
             self.all_done.succeed()
 
-    # -- processes --------------------------------------------------------------------
-    def serve(self, t: _Track, iid: str):
+    def serve(self, t: _RTrack, iid: str):
         env, model, spec, r = self.env, self.model, self.specs[iid], t.request
         started = False
         tokens = r.prompt_tokens + r.expected_output_tokens
@@ -150,10 +155,11 @@ class _Run:
                 yield env.timeout(r.arrival_s - env.now)
             if r.request_id in self.tracks:
                 raise ValueError(f"duplicate request id {r.request_id!r} in the workload")
-            self.tracks[r.request_id] = _Track(r)
+            self.tracks[r.request_id] = _RTrack(r)
             self.execute(self.cp.submit(r, env.now))
         self.arrivals_done = True
-        self.check_done()
+        if not self.tracks and not self.all_done.triggered:
+            self.all_done.succeed()
 
     def scraper(self):
         env, cp = self.env, self.cp
@@ -171,19 +177,43 @@ class _Run:
             self.execute(self.cp.tick(env.now))
 
 
-def simulate(requests: Iterable[Request], instances: Iterable[InstanceSpec], *,
+def simulate(requests: Iterable[Request], instances: Iterable[InstanceSpec | InstanceSim], *,
              policy: object = "fifo", router: object = "round_robin",
              control: ControlPlaneConfig | dict | None = None,
-             model: RequestLevelModel | None = None,
-             config: SimConfig | None = None) -> SimResult:
-    """Run the workload to completion (every request finished or rejected)."""
-    specs = tuple(instances)
+             model: EngineModel | RequestLevelModel | None = None,
+             config: SimConfig | None = None,
+             failures: Iterable[tuple[str, float, float | None]] = ()) -> SimResult:
+    """Run the workload to completion (every request finished, rejected or failed).
+
+    ``instances``: InstanceSpecs (engine settings from ``model``) or InstanceSims.
+    ``model``: None or an :class:`EngineModel` (iteration-level engines, the default) or a
+    :class:`RequestLevelModel`. ``failures``: ``(instance_id, down_at_s, up_at_s or None)``.
+    """
+    config = config or SimConfig()
+    model = model if model is not None else EngineModel()
+    failures = list(failures)
+    if isinstance(model, RequestLevelModel):
+        if any(isinstance(x, InstanceSim) for x in instances) or failures:
+            raise ValueError("InstanceSim and failures need the engine model")
+        specs = tuple(instances)
+        cp = ControlPlane(specs, policy=policy, router=router, config=control)
+        rrun = _RequestLevelRun(cp, model, config)
+        env = rrun.env
+        env.process(rrun.arrivals(requests))
+        env.process(rrun.scraper())
+        env.process(rrun.ticker())
+        env.run(until=rrun.all_done)
+        rrun.records.sort(key=lambda rec: (rec.arrival_s, rec.request_id))
+        return SimResult(rrun.records, specs, list(cp.switches), cp.counters, env.now)
+    if not isinstance(model, EngineModel):
+        raise TypeError(f"model must be an EngineModel or a RequestLevelModel, got {model!r}")
+    sims = [x if isinstance(x, InstanceSim) else model.instance_for(x) for x in instances]
+    specs = tuple(x.spec for x in sims)
     cp = ControlPlane(specs, policy=policy, router=router, config=control)
-    run = _Run(cp, model or RequestLevelModel(), config or SimConfig())
-    env = run.env
-    env.process(run.arrivals(requests))
-    env.process(run.scraper())
-    env.process(run.ticker())
-    env.run(until=run.all_done)
+    run = ClusterRun(cp, sims, config, failures)
+    run.run(requests)
     run.records.sort(key=lambda rec: (rec.arrival_s, rec.request_id))
-    return SimResult(run.records, specs, list(cp.switches), cp.counters, env.now)
+    engines = {x.iid: {"steps": x.engine.steps + x.lost[0],
+                       "preemptions": x.engine.preemptions + x.lost[1]} for x in run.insts}
+    return SimResult(run.records, specs, list(cp.switches), cp.counters, run.env.now,
+                     run.series() if config.keep_series else {}, run.columns, engines)
