@@ -39,15 +39,47 @@ def test_every_command_has_help(args):
 def test_sim_compares_policies_and_routers(tmp_path):
     result = CliRunner().invoke(main, ["sim", "--requests", "200", "--policy", "fifo",
                                        "--policy", "slo", "--router", "round_robin",
-                                       "--router", "least_loaded", "--out", str(tmp_path)])
+                                       "--router", "least_loaded", "--out", str(tmp_path),
+                                       "--out-format", "csv"])
     assert result.exit_code == 0, result.output
     for label in ("fifo / round_robin", "fifo / least_loaded", "slo / round_robin",
                   "slo / least_loaded"):
         assert label in result.output
-    with (tmp_path / "fifo__round_robin.csv").open() as f:
+    with (tmp_path / "fifo__round_robin.records.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 200
     assert {r["status"] for r in rows} <= {"ok", "rejected"}
+    with (tmp_path / "fifo__round_robin.series.csv").open() as f:
+        series = list(csv.DictReader(f))
+    assert {r["instance_id"] for r in series} == {"h100-0", "h100-1", "a100-0", "a100-1"}
+    assert set(series[0]) >= {"time_s", "running", "waiting", "kv_usage", "cp_queued"}
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["slo / least_loaded"]["counts"]["total"] == 200
+
+
+def test_sim_hardware_flags_failure_and_parquet(tmp_path):
+    args = ["sim", "--model", "llama-3-8b", "--gpu", "a100", "--instances", "3",
+            "--requests", "300", "--rate", "20", "--policy", "fifo", "--router",
+            "least_loaded", "--fail", "llama-3-8b-a100-tp1-1:2:6", "--out", str(tmp_path)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    import pandas as pd
+
+    records = pd.read_parquet(tmp_path / "fifo__least_loaded.records.parquet")
+    assert len(records) == 300 and set(records["status"]) == {"ok"}
+    assert (records["attempts"] > 1).any()  # the failure sent work elsewhere
+    series = pd.read_parquet(tmp_path / "fifo__least_loaded.series.parquet")
+    down = series[(series.instance_id == "llama-3-8b-a100-tp1-1") & (series.up == 0)]
+    assert down.time_s.min() >= 2.0 and down.time_s.max() < 6.0
+
+
+def test_sim_bad_flags():
+    result = CliRunner().invoke(main, ["sim", "--model", "llama-3-8b"])
+    assert result.exit_code != 0 and "--model and --gpu go together" in result.output
+    result = CliRunner().invoke(main, ["sim", "--fail", "nope:1"])
+    assert result.exit_code != 0 and "expected ID:DOWN_S[:UP_S]" in result.output
+    result = CliRunner().invoke(main, ["sim", "--model", "llama-3-70b", "--gpu", "h100"])
+    assert result.exit_code != 0 and "does not fit" in result.output
 
 
 def test_sim_json_is_deterministic():
@@ -99,7 +131,15 @@ def test_config_check_ok(tmp_path):
         ("cluster: {instances: []}", "cluster.instances must be a non-empty list"),
         ("cluster: {instances: [{id: a, max_inflight: 0}]}",
          r"cluster.instances\[0\].max_inflight: .*must be >= 1"),
-        ("cluster: {instances: [{id: a, gpu: h100}]}", r"unknown key\(s\) \['gpu'\]"),
+        ("cluster: {instances: [{id: a, gpus: 2}]}", r"unknown key\(s\) \['gpus'\]"),
+        ("cluster: {instances: [{id: a, gpu: h100}]}", "needs both 'model' and 'gpu'"),
+        ("cluster: {instances: [{id: a, model: llama-3-70b, gpu: h100}]}",
+         r"instances\[0\]: .*does not fit"),
+        ("cluster: {instances: [{id: a}]}\nfailures: [{instance: b, down_s: 1}]",
+         r"failures\[0\].instance: unknown instance 'b'"),
+        ("cluster: {instances: [{id: a}]}\nfailures: [{instance: a, down_s: 5, up_s: 2}]",
+         r"up_s 2 must be after down_s 5"),
+        ("cluster: {instances: [{id: a}]}\nsim: {scrape_interval_s: 0}", "scrape_interval_s=0"),
         ("cluster: {instances: [{id: a}, {id: a}]}", r"duplicate instance ids \['a'\]"),
         ("cluster: {instances: [{id: a}]}\npolicy: lifo", "policy: unknown policies 'lifo'"),
         ("cluster: {instances: [{id: a}]}\nrouter: {type: locality, params: {stride: 0}}",
@@ -162,3 +202,29 @@ def test_sim_bad_trace_names_the_line(tmp_path):
     result = CliRunner().invoke(main, ["sim", "--trace", str(path)])
     assert result.exit_code != 0
     assert f"{path}:2: GeneratedTokens" in result.output
+
+
+def test_hardware_experiment_file_with_trace_and_failure(tmp_path):
+    trace = tmp_path / "lens.csv"
+    trace.write_text("num_prefill_tokens,num_decode_tokens\n" +
+                     "".join(f"{200 + k},{10 + k % 9}\n" for k in range(50)))
+    exp = tmp_path / "hw.yaml"
+    exp.write_text(f"""
+cluster:
+  instances:
+    - {{id: fast, count: 2, model: llama-3-8b, gpu: h100, max_num_seqs: 32}}
+    - {{id: solo, model: qwen2.5-7b, gpu: l40s, scheduling_policy: priority}}
+policy: priority
+router: least_loaded
+workload: {{trace: {trace}, rate_per_s: 10, requests: 80}}
+sim: {{scrape_interval_s: 0.25}}
+failures: [{{instance: solo, down_s: 1.0, up_s: 3.0}}]
+""")
+    check = CliRunner().invoke(main, ["config", "check", str(exp)])
+    assert check.exit_code == 0, check.output
+    assert "instances: 3 (fast-0, fast-1, solo)" in check.output
+    assert "failures: solo down 1s" in check.output
+    result = CliRunner().invoke(main, ["sim", "--config", str(exp), "--json"])
+    assert result.exit_code == 0, result.output
+    counts = json.loads(result.output)["priority / least_loaded"]["counts"]
+    assert counts["total"] == 80 and counts["ok"] == 80
