@@ -129,6 +129,8 @@ class RooflinePredictor:
         self._pf_flops_per_pair = 4.0 * self._hq * d * self.coeffs.attention_causal_factor
         self._pf_bytes_per_tok = b * (2 * self._hq * d + 2 * self._kvg * d)
         self._overhead = self.coeffs.per_iteration_overhead_s
+        self._ctx_s = self.model.layers * self._dec_per_ctx  # per token of decode context
+        self._decode_memo: dict[int, float] = {}
 
     def __repr__(self) -> str:
         return (f"RooflinePredictor({self.model.name}, {self.gpu.name}, {self.parallel}, "
@@ -176,7 +178,20 @@ class RooflinePredictor:
         }
 
     def iteration_s(self, batch: Batch) -> float:
+        if batch.prefill_tokens == 0 and batch.decode_seqs > 0:
+            return self._decode_base(batch.decode_seqs) + self._ctx_s * batch.decode_context
         return sum(self.breakdown(batch).values())
+
+    def _decode_base(self, seqs: int) -> float:
+        """Context-free part of a pure-decode step of ``seqs`` sequences (memoised: the
+        simulator asks for the same batch sizes over and over)."""
+        base = self._decode_memo.get(seqs)
+        if base is None:
+            if len(self._decode_memo) > 65536:
+                self._decode_memo.clear()
+            base = sum(self.breakdown(Batch(decode_seqs=seqs)).values())
+            self._decode_memo[seqs] = base
+        return base
 
     def decode_run_s(self, decode_seqs: int, decode_context: int, steps: int) -> float:
         """Exact closed form: a pure-decode step costs ``a + c * context`` (only decode
@@ -184,7 +199,7 @@ class RooflinePredictor:
         ``steps * (a + c * ctx) + c * seqs * steps * (steps - 1) / 2``."""
         if steps <= 0 or decode_seqs <= 0:
             return 0.0
-        first = self.iteration_s(Batch(decode_seqs=decode_seqs, decode_context=decode_context))
-        c = self.model.layers * self._dec_per_ctx
+        first = self._decode_base(decode_seqs) + self._ctx_s * decode_context
+        c = self._ctx_s
         return steps * first + c * decode_seqs * steps * (steps - 1) / 2
 
