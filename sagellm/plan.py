@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 
 import click
+import numpy as np
 
 from control_plane.errors import ConfigError
 from control_plane.parallelism import (
@@ -29,6 +30,7 @@ from control_plane.parallelism import (
     plan_table,
 )
 from control_plane.perf import get_gpu
+from sagellm.plan_confirm import simulator_confirm
 
 __all__ = ["parse_duration", "parse_gpus", "plan_cmd", "plot_plan", "write_csv"]
 
@@ -143,14 +145,24 @@ def plot_plan(path: str | Path, p: Plan) -> Path:
               help="Write the ranking as CSV here.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
               help="Draw goodput per config to this PNG.")
+@click.option("--confirm/--no-confirm", default=True, show_default=True,
+              help="Confirm the top candidates in the simulator (highest rate keeping SLO "
+                   "attainment >= the SLO percentile).")
+@click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Candidates to confirm in the simulator.")
+@click.option("--confirm-requests", type=click.IntRange(min=10), default=1500,
+              show_default=True, help="Simulated requests per confirmation run.")
 def plan_cmd(model, gpus_spec, gpus_per_node, trace_path, fmt, skip_bad, prompt_tokens,
              output_tokens, slo_ttft, slo_tpot, slo_percentile, objective, price,
-             gpu_memory_utilization, interconnect, out, plot_path) -> None:
-    """Rank TP/PP/DP/EP configurations for a model on a GPU budget (analytic).
+             gpu_memory_utilization, interconnect, out, plot_path, confirm, top_k,
+             confirm_requests) -> None:
+    """Rank TP/PP/DP/EP configurations for a model on a GPU budget.
 
-    Prints the ranking (memory, KV tokens, operating batch, TTFT, TPOT, max rate,
-    goodput per GPU, cost per million output tokens, and why each config won or lost),
-    writes it as CSV and prints the winner's vLLM flags. Example:
+    Ranks every configuration analytically, then confirms the top candidates in the
+    simulator (binary search on the request rate that keeps SLO attainment at the SLO
+    percentile). Prints the ranking (memory, KV tokens, operating batch, TTFT, TPOT, max
+    rate, goodput per GPU, cost per million output tokens, and why each config won or
+    lost), writes it as CSV and prints the winner's vLLM flags. Example:
 
         sagellm plan --model llama-3-70b --gpus 8xh100 --slo-ttft 2s --slo-tpot 100ms
     """
@@ -171,12 +183,21 @@ def plan_cmd(model, gpus_spec, gpus_per_node, trace_path, fmt, skip_bad, prompt_
         workload = WorkloadStats.fixed(prompt_tokens, output_tokens)
         click.echo(f"no --trace: planning for fixed lengths, {prompt_tokens} prompt / "
                    f"{output_tokens} output tokens", err=True)
+    options = PlanOptions(gpu_memory_utilization=gpu_memory_utilization,
+                          interconnect=interconnect, price_per_gpu_hour=price)
+    slo = SLOTarget(slo_ttft, slo_tpot, slo_percentile)
+    checker = None
+    if confirm:
+        if trace_path:
+            samples = (data.prompt_tokens, data.output_tokens)
+        else:
+            samples = (np.array([prompt_tokens]), np.array([output_tokens]))
+        checker = simulator_confirm(model, gpu, slo, *samples, options,
+                                    requests=confirm_requests)
     try:
-        p = plan(model, gpu, gpus, gpus_per_node, workload,
-                 SLOTarget(slo_ttft, slo_tpot, slo_percentile), objective,
-                 options=PlanOptions(gpu_memory_utilization=gpu_memory_utilization,
-                                     interconnect=interconnect, price_per_gpu_hour=price))
-    except ConfigError as exc:
+        p = plan(model, gpu, gpus, gpus_per_node, workload, slo, objective, top_k=top_k,
+                 confirm=checker, attainment_target=slo_percentile / 100.0, options=options)
+    except (ConfigError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(format_plan(p))
     click.echo(f"ranking written to {write_csv(out, p)}")

@@ -7,6 +7,8 @@ instances). From the shared performance model (``control_plane.perf``):
   engine blocks of ``block_size`` tokens;
 - iteration time: ``predictor_for(model, gpu, parallel)`` (a fitted profile table where one
   exists, else the calibrated roofline);
+- expert parallelism across data-parallel replicas (``dp > 1`` with ``ep > 1``): each
+  instance is one replica of the group, with the group's per-GPU memory and costs;
 - the control plane's view (:class:`~control_plane.types.InstanceSpec`): price = GPU price
   x GPUs, ``max_inflight`` (default 2 x ``max_num_seqs``, so the engine keeps a waiting
   queue of its own as a real vLLM server does), KV capacity for the headroom check, and
@@ -48,9 +50,12 @@ def instances_for(model: str, gpu: str, count: int, parallel: ParallelConfig | N
     m = get_model(model)
     g = get_gpu(gpu)
     par = parallel or ParallelConfig()
-    if par.dp != 1:
+    if par.dp != 1 and par.ep == 1:
         raise ValueError(f"parallel dp={par.dp}: one simulated instance is one replica; "
                          "use more instances for data parallelism")
+    # with expert parallelism across the dp x tp GPUs, each instance is one replica of the
+    # group: memory (experts sharded over ep GPUs) and iteration time (all-to-all) follow
+    # the whole group's config
     cfg = engine or EngineConfig()
     kv_tokens = kv_capacity_tokens(m, g, par, gpu_memory_utilization)
     cfg = replace(cfg, num_gpu_blocks=max(1, kv_tokens // cfg.block_size))

@@ -52,9 +52,36 @@ def test_plan_prints_ranking_writes_csv_and_plot(tmp_path):
     with out.open() as f:
         rows = list(csv.DictReader(f))
     assert tuple(rows[0]) == COLUMNS
-    assert rows[0]["reason"] == "winner" and len(rows) == 11
+    assert rows[0]["reason"].startswith("winner (simulated: ") and len(rows) == 11
+    assert "simulator-confirmed" in r.output
     assert any(r["reason"].startswith("infeasible: ") for r in rows)
     assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_no_confirm_is_analytic_only(tmp_path):
+    out = tmp_path / "plan.csv"
+    r = invoke("--model", "llama-3-70b", "--gpus", "8xh100", "--slo-tpot", "100ms",
+               "--no-confirm", "--out", str(out))
+    assert r.exit_code == 0, r.output
+    with out.open() as f:
+        rows = list(csv.DictReader(f))
+    assert rows[0]["reason"] == "winner"
+
+
+def test_simulator_confirmation_is_deterministic_and_monotone():
+    import numpy as np
+
+    from control_plane.parallelism import SLOTarget, estimate_config
+    from control_plane.perf import ParallelConfig
+    from sagellm.plan_confirm import simulator_confirm
+
+    slo = SLOTarget(ttft_s=1.0, tpot_s=0.05)
+    confirm = simulator_confirm("llama-3-8b", "h100", slo, np.array([800, 1500]),
+                                np.array([100, 300]), requests=300)
+    est = estimate_config("llama-3-8b", "h100", ParallelConfig(tp=1, dp=2))
+    low, high = confirm(est, 2.0), confirm(est, 400.0)
+    assert low == confirm(est, 2.0)
+    assert low == 1.0 and high < low
 
 
 def test_default_out_is_plan_csv_in_cwd(tmp_path, monkeypatch):
