@@ -20,8 +20,11 @@ with bit-identical results to planning them one by one.
 
 Deliberate simplifications (vLLM behaviour not modelled):
 
-- No ``max_model_len`` clamp, speculative decoding, async scheduling, encoder inputs, LoRA,
-  KV connectors or pipeline parallelism; no stop strings: a request produces exactly
+- No ``max_model_len`` clamp, speculative decoding, async scheduling, encoder inputs, LoRA
+  or KV connectors; pipeline parallelism is not scheduled as separate micro-batches: its
+  ``pp`` batches in flight are folded into the iteration time
+  (:class:`control_plane.perf.pipelined.PipelinedPredictor`, used by ``sim.hardware``);
+  no stop strings: a request produces exactly
   ``expected_output_tokens`` tokens. Requests that could never fit (more blocks than the
   pool, or without chunked prefill more tokens than the budget) are refused by :meth:`fits`.
 - Prefix identity comes from ``Request.prefix_hashes`` (hashes of ``hash_block_size``-token

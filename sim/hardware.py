@@ -6,7 +6,8 @@ instances). From the shared performance model (``control_plane.perf``):
 - KV capacity: ``kv_capacity_tokens(model, gpu, parallel, gpu_memory_utilization)``, in
   engine blocks of ``block_size`` tokens;
 - iteration time: ``predictor_for(model, gpu, parallel)`` (a fitted profile table where one
-  exists, else the calibrated roofline);
+  exists, else the calibrated roofline), wrapped for ``pp > 1`` so that ``pp``
+  micro-batches are in flight (:mod:`control_plane.perf.pipelined`);
 - expert parallelism across data-parallel replicas (``dp > 1`` with ``ep > 1``): each
   instance is one replica of the group, with the group's per-GPU memory and costs;
 - the control plane's view (:class:`~control_plane.types.InstanceSpec`): price = GPU price
@@ -26,6 +27,7 @@ from control_plane.perf.hardware import get_gpu
 from control_plane.perf.memory import kv_capacity_tokens
 from control_plane.perf.models import get_model
 from control_plane.perf.parallel import ParallelConfig
+from control_plane.perf.pipelined import PipelinedPredictor
 from control_plane.perf.profile import predictor_for
 from control_plane.types import InstanceSpec
 from sim.config import InstanceSim
@@ -60,6 +62,8 @@ def instances_for(model: str, gpu: str, count: int, parallel: ParallelConfig | N
     kv_tokens = kv_capacity_tokens(m, g, par, gpu_memory_utilization)
     cfg = replace(cfg, num_gpu_blocks=max(1, kv_tokens // cfg.block_size))
     predictor = predictor_for(m, g, par)
+    if par.pp > 1:  # vLLM keeps pp micro-batches in flight
+        predictor = PipelinedPredictor(predictor, par.pp)
     prefill_s = predictor.iteration_s(Batch(prefill_tokens=_ESTIMATE_PREFILL,
                                             prefill_attention=_ESTIMATE_PREFILL ** 2))
     decode_s = predictor.iteration_s(Batch(decode_seqs=_ESTIMATE_BATCH,

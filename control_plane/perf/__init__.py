@@ -20,6 +20,7 @@ from control_plane.perf.memory import (
 )
 from control_plane.perf.models import MODELS, ModelSpec, from_hf_config, get_model
 from control_plane.perf.parallel import ParallelConfig, check_parallel
+from control_plane.perf.pipelined import PipelinedPredictor
 from control_plane.perf.profile import (
     FittedPredictor,
     ProfileTable,
@@ -41,6 +42,7 @@ __all__ = [
     "LinearPredictor",
     "ModelSpec",
     "ParallelConfig",
+    "PipelinedPredictor",
     "ProfileTable",
     "RooflinePredictor",
     "check_parallel",
