@@ -35,6 +35,7 @@ class RejectCause(StrEnum):
     QUEUE_TIMEOUT = "queue_timeout"  # waited longer than the configured maximum
     RETRIES_EXHAUSTED = "retries_exhausted"  # failed on too many instances
     NO_INSTANCES = "no_instances"  # no instance is up to take it
+    CANCELLED = "cancelled"  # the client went away while the request was queued
 
 
 @dataclass(frozen=True, slots=True)

@@ -165,6 +165,24 @@ class ControlPlane:
             self._drain(now, actions)
         return actions
 
+    def cancel(self, request_id: str, now: float, reason: str = "client disconnected"
+               ) -> list[Action]:
+        """The client gave up. A queued request is removed and rejected (``CANCELLED``); an
+        in-flight one is ended as a failure (the driver stops its stream), and the capacity
+        it held is given to queued work. Unknown or finished ids raise."""
+        if request_id in self._inflight:
+            return self.complete(request_id, now, Outcome(ok=False, error=reason))
+        for level in self._queued:
+            entry = level.get(request_id)
+            if entry is not None:
+                request = entry[0]
+                self._policy.remove(request_id)
+                self._dequeued(request)
+                return [self._reject(request, RejectCause.CANCELLED,
+                                     f"{request_id}: {reason} while queued", now)]
+        raise UnknownRequestError(f"cancel({request_id!r}): the request is not queued or "
+                                  "in flight (unknown or finished)")
+
     def observe(self, instance_id: str, stats: EngineStats, now: float) -> list[Action]:
         """Engine-reported load arrives (a scrape of the engine's metrics)."""
         view = self.state[instance_id]

@@ -20,8 +20,8 @@ Failures:
   handler's forwarding is cancelled (the engine's connection closed) and the request waits
   for its next dispatch; a stream that had started ends with the error event above;
 - the client goes away: the engine's connection is closed and the attempt reported as
-  failed (not retryable). A request the control plane still queues then stays until it is
-  dispatched (and at once reported failed) or rejected: the core has no cancel call.
+  failed (not retryable); a request still in the control plane's queue is cancelled there
+  (``ControlPlane.cancel``), so it never reaches an engine.
 
 Streams are passed through as SSE events arrive: the bytes of each read up to its last
 complete event go out at once (a partial event waits for its end, so an error event can
@@ -364,10 +364,14 @@ def release(gw: Gateway, p: Pending, reason: str, cause: str = "client_disconnec
         gw.pending.pop(rid, None)
         gw.execute(gw.cp.complete(rid, now, Outcome(ok=False, retryable=False, error=reason)))
     elif p.state == QUEUED:
-        p.body = None  # never forwarded now: free it while the control plane holds the id
-        if not p.recorded:  # the control plane lets go of it later (see the module doc)
-            gw.records.add(p, "failed", cause=cause, detail=reason, finish_s=gw.now())
+        p.body = None
+        now = gw.now()
+        if not p.recorded:
+            gw.records.add(p, "failed", cause=cause, detail=reason, finish_s=now)
             p.recorded = True
-            gw.metrics.finished(p.request.priority, gw.now(), False)
+            gw.metrics.finished(p.request.priority, now, False)
+        p.state = DONE
+        gw.pending.pop(rid, None)
+        gw.cp.cancel(rid, now, reason)  # only its own Reject comes back: nothing to execute
     else:
         gw.pending.pop(rid, None)

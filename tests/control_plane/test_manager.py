@@ -252,3 +252,19 @@ def test_views_are_read_only():
 def test_bad_config_names_the_field(config, message):
     with pytest.raises(ConfigError, match=message):
         ControlPlane(specs(1), router=FirstFit(), config=config)
+
+
+def test_cancel_queued_and_in_flight():
+    m = cp(n=1)
+    m.submit(req("a"), 0)
+    m.submit(req("b"), 0)
+    m.submit(req("c"), 0)
+    [rej] = m.cancel("b", 1)
+    assert rej.cause is RejectCause.CANCELLED
+    assert rej.detail == "b: client disconnected while queued"
+    assert m.queued_ids() == ["c"]
+    # cancelling the running request frees its slot for the next queued one
+    assert kinds(m.cancel("a", 2, "stream closed")) == [("dispatch", "c", "i0", 1)]
+    assert m.counters.failed == 1 and not m.is_tracked("a") and not m.is_tracked("b")
+    with pytest.raises(UnknownRequestError, match=r"cancel\('b'\)"):
+        m.cancel("b", 3)

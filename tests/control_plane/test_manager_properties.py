@@ -113,6 +113,21 @@ class ManagerMachine(RuleBasedStateMachine):
             self.where[rid] = "done"
         self.apply(self.m.complete(rid, self.now, outcome))
 
+    @precondition(lambda self: any(w == "queued" or w.startswith("i")
+                                   for w in self.where.values()))
+    @rule(dt=st.floats(0, 5), pick=st.integers(0, 10_000))
+    def cancel(self, dt, pick):
+        self.now += dt
+        live = sorted(r for r, w in self.where.items() if w == "queued" or w.startswith("i"))
+        rid = live[pick % len(live)]
+        was = self.where[rid]
+        actions = self.m.cancel(rid, self.now)
+        if was == "queued":
+            assert isinstance(actions[0], Reject) and actions[0].cause.value == "cancelled"
+        else:
+            self.where[rid] = "done"
+        self.apply(actions)
+
     @rule(inst=st.integers(0, N_INSTANCES - 1), running=st.integers(0, 4),
           waiting=st.integers(0, 4), kv=st.floats(0, 1))
     def observe(self, inst, running, waiting, kv):
