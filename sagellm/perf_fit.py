@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.optimize import minimize
 
 from control_plane.perf.coefficients import BUILTIN_COEFFICIENTS, Coefficients, GemmCoeffs
 from control_plane.perf.coefficients import ElementwiseCoeffs as EwC
@@ -60,40 +61,17 @@ ATTENTION_CAUSAL_FACTOR = 0.5
 DEFAULT_PROFILES = Path(__file__).resolve().parents[2] / "shared" / "profiles"
 
 
-def nelder_mead(f, x0, step: float = 0.3, iters: int = 3000, tol: float = 1e-12):
-    """Minimise ``f`` from ``x0`` (deterministic downhill simplex)."""
-    pts = [np.asarray(x0, float)] + [np.asarray(x0, float) + step * e
-                                     for e in np.eye(len(x0))]
-    vals = [f(p) for p in pts]
-    for _ in range(iters):
-        order = np.argsort(vals, kind="stable")
-        pts, vals = [pts[i] for i in order], [vals[i] for i in order]
-        if vals[-1] - vals[0] < tol:
-            break
-        c = np.mean(pts[:-1], axis=0)
-        xr = c + (c - pts[-1])
-        fr = f(xr)
-        if fr < vals[0]:
-            xe = c + 2 * (c - pts[-1])
-            fe = f(xe)
-            pts[-1], vals[-1] = (xe, fe) if fe < fr else (xr, fr)
-        elif fr < vals[-2]:
-            pts[-1], vals[-1] = xr, fr
-        else:
-            xc = c + 0.5 * (pts[-1] - c)
-            fc = f(xc)
-            if fc < vals[-1]:
-                pts[-1], vals[-1] = xc, fc
-            else:
-                pts = [pts[0] + 0.5 * (p - pts[0]) for p in pts]
-                vals = [f(p) for p in pts]
-    i = int(np.argmin(vals))
-    return pts[i]
-
-
 def _minimise(f, x0):
-    x = nelder_mead(f, np.log(x0))
-    return np.exp(nelder_mead(f, x, step=0.1))  # restart: escapes simplex collapse
+    """Minimise ``f`` over log-parameters from ``x0`` with scipy's Nelder-Mead (deterministic),
+    restarted once from its result with a smaller simplex: the restart escapes a collapsed
+    simplex. Returns the parameters (not their logs)."""
+    x = np.log(np.asarray(x0, float))
+    for step in (0.3, 0.1):
+        simplex = np.vstack([x, x + step * np.eye(len(x))])
+        x = minimize(f, x, method="Nelder-Mead",
+                     options={"initial_simplex": simplex, "maxiter": 3000,
+                              "xatol": 1e-10, "fatol": 1e-12}).x
+    return np.exp(x)
 
 
 def load_mlp(profiles: Path) -> list[tuple[str, str, ModelSpec, pd.DataFrame]]:
