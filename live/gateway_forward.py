@@ -354,24 +354,20 @@ def release(gw: Gateway, p: Pending, reason: str, cause: str = "client_disconnec
     p.task = None
     p.started = None
     rid = p.request.request_id
-    if p.state == INFLIGHT:
+    if p.state in (INFLIGHT, QUEUED):
+        queued = p.state == QUEUED
         p.state = DONE
-        now = gw.now()
-        if not p.recorded:
-            gw.records.add(p, "failed", cause=cause, detail=reason, finish_s=now)
-            p.recorded = True
-            gw.metrics.finished(p.request.priority, now, False)
-        gw.pending.pop(rid, None)
-        gw.execute(gw.cp.complete(rid, now, Outcome(ok=False, retryable=False, error=reason)))
-    elif p.state == QUEUED:
         p.body = None
         now = gw.now()
         if not p.recorded:
             gw.records.add(p, "failed", cause=cause, detail=reason, finish_s=now)
             p.recorded = True
             gw.metrics.finished(p.request.priority, now, False)
-        p.state = DONE
         gw.pending.pop(rid, None)
-        gw.cp.cancel(rid, now, reason)  # only its own Reject comes back: nothing to execute
+        if queued:  # only its own Reject comes back: nothing to execute
+            gw.cp.cancel(rid, now, reason)
+        else:
+            gw.execute(gw.cp.complete(rid, now, Outcome(ok=False, retryable=False,
+                                                        error=reason)))
     else:
         gw.pending.pop(rid, None)

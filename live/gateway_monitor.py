@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable, Mapping
 
+from live.aio import cancel_all
 from live.client import EngineClient
 
 __all__ = ["HealthChecker", "Ticker"]
@@ -88,11 +89,7 @@ class HealthChecker:
 
     async def stop(self) -> None:
         tasks, self._tasks = self._tasks, []
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await cancel_all(tasks)
         self._wake.clear()
 
 
@@ -121,6 +118,4 @@ class Ticker:
     async def stop(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_all([task])

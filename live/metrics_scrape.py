@@ -27,13 +27,13 @@ when scrapes succeed).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from control_plane.types import EngineStats
+from live.aio import cancel_all
 from live.client import EngineClient
 
 __all__ = ["EngineMetrics", "MetricsParseError", "MetricsScraper", "parse_metrics"]
@@ -162,8 +162,4 @@ class MetricsScraper:
 
     async def stop(self) -> None:
         tasks, self._tasks = self._tasks, []
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await cancel_all(tasks)
