@@ -10,7 +10,7 @@ from control_plane.routing import FILTERS, PICKERS, ROUTERS, SCORERS
 from sagellm.cli_engines import engines
 from sagellm.cli_gateway import gateway_cmd
 from sagellm.cli_replay import replay_cmd
-from sagellm.cli_sim import _label, sim_cmd
+from sagellm.cli_sim import SYNTHETIC_REQUESTS, sim_cmd, spec_label
 from sagellm.cli_workloads import workloads
 from sagellm.experiment import load_experiment
 from sagellm.plan import plan_cmd
@@ -46,10 +46,11 @@ def config_check(path) -> None:
     click.echo(f"{path}: ok")
     click.echo(f"  instances: {len(exp.instances)} "
                f"({', '.join(x.instance_id for x in exp.instances)})")
-    click.echo(f"  policy: {_label(exp.policy)}  router: {_label(exp.router)}")
+    click.echo(f"  policy: {spec_label(exp.policy)}  router: {spec_label(exp.router)}")
     w = exp.workload
+    n = w.requests or SYNTHETIC_REQUESTS
     click.echo(f"  workload: {w.trace}" if w.trace else
-               f"  workload: {w.requests or 3000} synthetic requests at {w.rate_per_s}/s")
+               f"  workload: {n} synthetic requests at {w.rate_per_s}/s")
     if exp.failures:
         click.echo(f"  failures: {', '.join(f'{i} down {d:g}s' for i, d, _ in exp.failures)}")
 

@@ -69,7 +69,7 @@ def _trace_workload(path: str, fmt: str | None, skip_bad: bool, limit: int | Non
     return data
 
 
-def _label(spec: object) -> str:
+def spec_label(spec: object) -> str:
     """A policy or router spec as a short name."""
     return spec if isinstance(spec, str) else str(spec.get("type"))  # type: ignore[union-attr]
 
@@ -179,10 +179,10 @@ def sim_cmd(config_path, policies, routers, model, gpu, count, tp, pp, max_num_s
                               failures=failures)
         except ValueError as exc:
             raise click.ClickException(str(exc)) from exc
-        label = f"{_label(policy)} / {_label(router)}"
+        label = f"{spec_label(policy)} / {spec_label(router)}"
         summaries[label] = result.summary()
         if out_dir:
-            write_run(out_dir, f"{_label(policy)}__{_label(router)}", result, out_format)
+            write_run(out_dir, f"{spec_label(policy)}__{spec_label(router)}", result, out_format)
     if out_dir:
         write_summaries(out_dir, summaries)
     if as_json:
