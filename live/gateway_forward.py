@@ -165,11 +165,8 @@ async def serve_request(gw: Gateway, http: web.Request, p: Pending) -> web.Strea
             gw.metrics.upstream_error(iid, "mid_stream" if p.started else "before_first_byte")
             if not p.started:
                 continue  # the control plane re-queued it: wait for the next dispatch
-            now = gw.now()
-            gw.records.add(p, "failed", cause="upstream_error", finish_s=now,
-                           detail=f"stream from {iid} cut: {reason}")
-            p.recorded = True
-            gw.metrics.finished(p.request.priority, now, False)
+            _record_failure(gw, p, "upstream_error", f"stream from {iid} cut: {reason}",
+                            gw.now())
             resp = p.started
             await end_stream(resp, f"stream from {iid} cut: {reason}")
             return resp
@@ -192,15 +189,20 @@ def _retry(gw: Gateway, p: Pending, error: str) -> None:
                               Outcome(ok=False, retryable=True, error=error)))
 
 
+def _record_failure(gw: Gateway, p: Pending, cause: str, detail: str, now: float) -> None:
+    """Record ``p`` as failed, once."""
+    if not p.recorded:
+        gw.records.add(p, "failed", cause=cause, detail=detail, finish_s=now)
+        p.recorded = True
+        gw.metrics.finished(p.request.priority, now, False)
+
+
 def _fail(gw: Gateway, p: Pending, cause: str, error: str) -> None:
     """Report a final failure after the client got (part of) an answer."""
     p.forwarding = 0
     p.state = DONE
     now = gw.now()
-    if not p.recorded:
-        gw.records.add(p, "failed", cause=cause, detail=error, finish_s=now)
-        p.recorded = True
-        gw.metrics.finished(p.request.priority, now, False)
+    _record_failure(gw, p, cause, error, now)
     gw.execute(gw.cp.complete(p.request.request_id, now,
                               Outcome(ok=False, retryable=False, error=error)))
 
@@ -359,10 +361,7 @@ def release(gw: Gateway, p: Pending, reason: str, cause: str = "client_disconnec
         p.state = DONE
         p.body = None
         now = gw.now()
-        if not p.recorded:
-            gw.records.add(p, "failed", cause=cause, detail=reason, finish_s=now)
-            p.recorded = True
-            gw.metrics.finished(p.request.priority, now, False)
+        _record_failure(gw, p, cause, reason, now)
         gw.pending.pop(rid, None)
         if queued:  # only its own Reject comes back: nothing to execute
             gw.cp.cancel(rid, now, reason)

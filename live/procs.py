@@ -17,21 +17,30 @@ __all__ = ["alive", "descendants", "die_with_parent", "stop_process_group"]
 _PR_SET_PDEATHSIG = 1
 
 
+def _stat_fields(pid: int | str) -> list[bytes] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (state, ppid, pgrp, ...),
+    or None when the process is gone. The name may hold spaces and parens: the fields after
+    its last ``)`` are fixed."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return stat[stat.rfind(b")") + 2:].split()
+
+
+def _all_stats():
+    """(pid, stat fields) of every process in /proc."""
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            fields = _stat_fields(d)
+            if fields is not None:
+                yield int(d), fields
+
+
 def _parents() -> dict[int, int]:
     """pid -> parent pid for every process, from /proc."""
-    out = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        # comm may hold spaces and parens: the fields after the last ')' are fixed
-        fields = stat[stat.rfind(b")") + 2:].split()
-        out[int(d)] = int(fields[1])
-    return out
+    return {pid: int(fields[1]) for pid, fields in _all_stats()}
 
 
 def descendants(pid: int) -> list[int]:
@@ -50,27 +59,13 @@ def descendants(pid: int) -> list[int]:
 
 def alive(pid: int) -> bool:
     """True while ``pid`` exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return False
-    return stat[stat.rfind(b")") + 2:][:1] != b"Z"
+    fields = _stat_fields(pid)
+    return fields is not None and fields[0] != b"Z"
 
 
 def _group_members(pgid: int) -> list[int]:
-    out = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat", "rb") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            fields = stat[stat.rfind(b")") + 2:].split()
-            if int(fields[2]) == pgid and fields[0] != b"Z":
-                out.append(int(d))
-    return out
+    return [pid for pid, fields in _all_stats()
+            if int(fields[2]) == pgid and fields[0] != b"Z"]
 
 
 def stop_process_group(proc: subprocess.Popen, grace_s: float = 15.0) -> int | None:
