@@ -28,6 +28,8 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
+from live.upstream import UpstreamPool, UpstreamResponse
+
 __all__ = ["EngineClient", "EngineError", "EngineTimeouts", "normalize_url"]
 
 _JSON = {"content-type": "application/json"}
@@ -73,7 +75,11 @@ class EngineClient:
         self.pass_priority = pass_priority
         self.max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
+        self._pool: UpstreamPool | None = None
         base = URL(self.base_url)
+        prefix = base.path.rstrip("/")
+        self.paths = {"completions": prefix + "/v1/completions",
+                      "chat": prefix + "/v1/chat/completions"}
         self.urls = {
             "completions": base / "v1" / "completions",
             "chat": base / "v1" / "chat" / "completions",
@@ -94,8 +100,14 @@ class EngineClient:
                                         ttl_dns_cache=300)
             self._session = aiohttp.ClientSession(connector=conn,
                                                   timeout=self._request_timeout)
+        if self._pool is None and URL(self.base_url).scheme == "http":
+            t = self.timeouts
+            self._pool = UpstreamPool(self.base_url, connect_s=t.connect_s, read_s=t.read_s)
 
     async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -114,6 +126,16 @@ class EngineClient:
         return self._session
 
     # -- raw (the gateway's path) -------------------------------------------------------
+    async def forward(self, kind: str, body: bytes) -> UpstreamResponse:
+        """The gateway's forwarding path: POST prepared body bytes to ``/v1/completions``
+        (``kind`` "completions") or ``/v1/chat/completions`` ("chat") on the lean keep-alive
+        pool (:mod:`live.upstream`; plain http engines). The caller reads and releases the
+        response."""
+        if self._pool is None:
+            raise RuntimeError(f"EngineClient({self.base_url}) is not started, or its URL is "
+                               "not http:// (the forwarding path speaks plain HTTP)")
+        return await self._pool.post(self.paths[kind], body)
+
     async def post(self, kind: str, body: bytes) -> aiohttp.ClientResponse:
         """POST prepared body bytes to ``/v1/completions`` (``kind`` "completions") or
         ``/v1/chat/completions`` ("chat"). The caller reads and releases the response."""

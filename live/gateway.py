@@ -39,19 +39,18 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from aiohttp import web
-
 from control_plane.actions import Dispatch, Outcome, PolicySwitch, Reject, Retry
 from control_plane.errors import ControlPlaneError
 from control_plane.manager import Action, ControlPlane
 from control_plane.types import EngineStats, Health, Request
-from live.client import EngineClient, EngineTimeouts
+from live.client import EngineClient, EngineTimeouts, normalize_url
 from live.gateway_admin import add_routes
 from live.gateway_body import CHAT, COMPLETIONS, BodyError, parse_body
 from live.gateway_forward import end_stream, error_response, release, serve_request
 from live.gateway_monitor import HealthChecker, Ticker
 from live.gateway_records import DONE, INFLIGHT, QUEUED, Pending, RecordRing, slo_met
 from live.headers import ATTEMPTS, INSTANCE, REQUEST_ID, HeaderError, parse_hints
+from live.http_server import HttpRequest, HttpServer, Response, StreamResponse
 from live.metrics_scrape import MetricsScraper
 from live.prom import GatewayMetrics
 
@@ -99,7 +98,9 @@ class GatewayConfig:
 
 
 class Gateway:
-    """The gateway: an aiohttp app (``app``) around one :class:`ControlPlane`."""
+    """The gateway: an HTTP server (:mod:`live.http_server`) around one
+    :class:`ControlPlane`. ``await listen(host, port)`` starts it (clients, timers, server);
+    ``await close()`` stops it."""
 
     def __init__(self, cp: ControlPlane, urls: Mapping[str, str] | None = None,
                  config: GatewayConfig | None = None) -> None:
@@ -113,6 +114,10 @@ class Gateway:
         if missing or extra:
             raise ValueError(f"engine URLs must match the instances {sorted(specs)}: "
                              f"missing {missing}, unknown {extra}")
+        for iid, url in urls.items():
+            if normalize_url(url).startswith("https://"):
+                raise ValueError(f"instance {iid}: engine URL {url!r}: the gateway forwards "
+                                 "over plain http://host:port")
         self.clients = {iid: EngineClient(urls[iid], timeouts=cfg.timeouts,
                                           pass_priority=cfg.pass_priority) for iid in specs}
         self.pending: dict[str, Pending] = {}
@@ -129,8 +134,7 @@ class Gateway:
         self._t0 = 0.0
         self._seq = 0
         self._waiters: list[tuple[Callable[[], bool], asyncio.Future]] = []
-        self._runner: web.AppRunner | None = None
-        self.app = self._make_app()
+        self.server = self._make_server()
 
     # -- clock, ids ---------------------------------------------------------------------
     def now(self) -> float:
@@ -158,23 +162,15 @@ class Gateway:
         self.health.probe_now(instance_id)
 
     # -- life cycle ---------------------------------------------------------------------
-    def _make_app(self) -> web.Application:
-        app = web.Application(client_max_size=self.config.max_body_bytes)
-        app.router.add_post("/v1/completions", self._completions)
-        app.router.add_post("/v1/chat/completions", self._chat)
-        add_routes(app, self)
-        app.on_startup.append(self._on_startup)
-        app.on_cleanup.append(self._on_cleanup)
-        return app
-
-    async def _on_startup(self, app: web.Application) -> None:
-        await self.start()
-
-    async def _on_cleanup(self, app: web.Application) -> None:
-        await self.stop()
+    def _make_server(self) -> HttpServer:
+        server = HttpServer(max_body_bytes=self.config.max_body_bytes)
+        server.add("POST", "/v1/completions", self._completions)
+        server.add("POST", "/v1/chat/completions", self._chat)
+        add_routes(server, self)
+        return server
 
     async def start(self) -> None:
-        """Start the clients and the timers (done by the app's startup)."""
+        """Start the clients and the timers (done by :meth:`listen`)."""
         if self._loop is not None:
             return
         self._loop = asyncio.get_running_loop()
@@ -193,16 +189,15 @@ class Gateway:
             await c.close()
 
     async def listen(self, host: str = "127.0.0.1", port: int = 8000) -> int:
-        """Serve on ``host:port`` (0: any free port); returns the port."""
-        self._runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, host, port).start()
-        return self._runner.addresses[-1][1]
+        """Start, then serve on ``host:port`` (0: any free port); returns the port."""
+        await self.start()
+        return await self.server.listen(host, port)
 
     async def close(self) -> None:
-        if self._runner is not None:
-            runner, self._runner = self._runner, None
-            await runner.cleanup()
+        """Stop serving (running requests are cancelled and settled), then stop."""
+        await self.server.close()
+        if self._loop is not None:
+            await self.stop()
 
     async def wait_until(self, predicate: Callable[[], bool], timeout_s: float) -> None:
         """Return once ``predicate()`` holds, re-checked after every control-plane event;
@@ -302,13 +297,13 @@ class Gateway:
         self._safely("tick", lambda: self.cp.tick(self.now()))
 
     # -- OpenAI API ---------------------------------------------------------------------
-    async def _completions(self, http: web.Request) -> web.StreamResponse:
+    async def _completions(self, http: HttpRequest) -> Response | StreamResponse:
         return await self._handle(http, COMPLETIONS)
 
-    async def _chat(self, http: web.Request) -> web.StreamResponse:
+    async def _chat(self, http: HttpRequest) -> Response | StreamResponse:
         return await self._handle(http, CHAT)
 
-    async def _handle(self, http: web.Request, kind: str) -> web.StreamResponse:
+    async def _handle(self, http: HttpRequest, kind: str) -> Response | StreamResponse:
         now = self.now()
         cfg = self.config
         try:
@@ -316,11 +311,7 @@ class Gateway:
         except HeaderError as exc:
             return error_response(400, str(exc), param=exc.header)
         try:
-            raw = await http.read()
-        except web.HTTPRequestEntityTooLarge:
-            return error_response(413, f"request body exceeds {cfg.max_body_bytes} bytes")
-        try:
-            body = parse_body(raw, kind, chars_per_token=cfg.chars_per_token,
+            body = parse_body(http.body, kind, chars_per_token=cfg.chars_per_token,
                               prefix_block_chars=cfg.prefix_block_chars,
                               priority=hints.priority if cfg.pass_priority else None)
         except BodyError as exc:

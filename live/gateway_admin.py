@@ -8,12 +8,11 @@ import hmac
 import json
 from typing import TYPE_CHECKING
 
-from aiohttp import web
-
 from control_plane.actions import PolicySwitch
 from control_plane.errors import ControlPlaneError
 from control_plane.types import Health
 from live.gateway_forward import error_response
+from live.http_server import HttpRequest, HttpServer, Response, json_response
 from live.prom import CONTENT_TYPE
 
 if TYPE_CHECKING:
@@ -22,24 +21,24 @@ if TYPE_CHECKING:
 __all__ = ["add_routes"]
 
 
-def add_routes(app: web.Application, gw: Gateway) -> None:
-    """Register the service endpoints of ``gw`` on ``app``."""
+def add_routes(server: HttpServer, gw: Gateway) -> None:
+    """Register the service endpoints of ``gw`` on ``server``."""
     def bind(fn):
-        async def handler(http: web.Request) -> web.StreamResponse:
+        async def handler(http: HttpRequest) -> Response:
             return await fn(gw, http)
         return handler
 
-    app.router.add_get("/v1/models", bind(models))
-    app.router.add_get("/health", bind(health))
-    app.router.add_get("/metrics", bind(metrics))
-    app.router.add_post("/admin/policy", bind(admin_policy))
-    app.router.add_post("/admin/router", bind(admin_router))
-    app.router.add_post("/admin/health", bind(admin_health))
-    app.router.add_get("/admin/state", bind(admin_state))
-    app.router.add_get("/admin/records", bind(admin_records))
+    server.add("GET", "/v1/models", bind(models))
+    server.add("GET", "/health", bind(health))
+    server.add("GET", "/metrics", bind(metrics))
+    server.add("POST", "/admin/policy", bind(admin_policy))
+    server.add("POST", "/admin/router", bind(admin_router))
+    server.add("POST", "/admin/health", bind(admin_health))
+    server.add("GET", "/admin/state", bind(admin_state))
+    server.add("GET", "/admin/records", bind(admin_records))
 
 
-async def models(gw: Gateway, http: web.Request) -> web.Response:
+async def models(gw: Gateway, http: HttpRequest) -> Response:
     ups = [v.instance_id for v in gw.cp.cluster.instances if v.health is Health.UP]
     results = await asyncio.gather(*(gw.clients[i].models() for i in ups),
                                    return_exceptions=True)
@@ -56,21 +55,21 @@ async def models(gw: Gateway, http: web.Request) -> web.Response:
         return error_response(503, "no engine listed models: " + ("; ".join(errors) or
                                                                   "no instance is up"),
                               type_="service_unavailable")
-    return web.json_response({"object": "list", "data": list(found.values())})
+    return json_response({"object": "list", "data": list(found.values())})
 
 
-async def health(gw: Gateway, http: web.Request) -> web.Response:
+async def health(gw: Gateway, http: HttpRequest) -> Response:
     inst = {v.instance_id: v.health.value for v in gw.cp.cluster.instances}
     up = any(h == Health.UP.value for h in inst.values())
-    return web.json_response({"status": "ok" if up else "unavailable", "instances": inst},
+    return json_response({"status": "ok" if up else "unavailable", "instances": inst},
                              status=200 if up else 503)
 
 
-async def metrics(gw: Gateway, http: web.Request) -> web.Response:
-    return web.Response(body=gw.metrics.render(), headers={"content-type": CONTENT_TYPE})
+async def metrics(gw: Gateway, http: HttpRequest) -> Response:
+    return Response(200, gw.metrics.render(), content_type=CONTENT_TYPE)
 
 
-def _denied(gw: Gateway, http: web.Request) -> web.Response | None:
+def _denied(gw: Gateway, http: HttpRequest) -> Response | None:
     token = gw.config.admin_token
     if token is not None and not hmac.compare_digest(
             http.headers.get("authorization", "").encode(), f"Bearer {token}".encode()):
@@ -79,13 +78,13 @@ def _denied(gw: Gateway, http: web.Request) -> web.Response | None:
     return None
 
 
-async def _admin_json(gw: Gateway, http: web.Request,
-                      key: str) -> tuple[object, web.Response | None]:
+async def _admin_json(gw: Gateway, http: HttpRequest,
+                      key: str) -> tuple[object, Response | None]:
     denied = _denied(gw, http)
     if denied is not None:
         return None, denied
     try:
-        data = json.loads(await http.read())
+        data = json.loads(http.body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         return None, error_response(400, f"request body is not valid JSON: {exc}")
     if not isinstance(data, dict) or key not in data:
@@ -93,7 +92,7 @@ async def _admin_json(gw: Gateway, http: web.Request,
     return data, None
 
 
-async def admin_policy(gw: Gateway, http: web.Request) -> web.Response:
+async def admin_policy(gw: Gateway, http: HttpRequest) -> Response:
     data, err = await _admin_json(gw, http, "policy")
     if err is not None:
         return err
@@ -103,12 +102,12 @@ async def admin_policy(gw: Gateway, http: web.Request) -> web.Response:
         return error_response(400, f"policy: {exc}", param="policy")
     gw.execute(actions)
     sw = next(a for a in actions if type(a) is PolicySwitch)
-    return web.json_response({"switch": {"at_s": sw.at_s, "from_policy": sw.from_policy,
+    return json_response({"switch": {"at_s": sw.at_s, "from_policy": sw.from_policy,
                                          "to_policy": sw.to_policy, "cause": sw.cause},
                               "queued": gw.cp.cluster.queued})
 
 
-async def admin_router(gw: Gateway, http: web.Request) -> web.Response:
+async def admin_router(gw: Gateway, http: HttpRequest) -> Response:
     data, err = await _admin_json(gw, http, "router")
     if err is not None:
         return err
@@ -118,10 +117,10 @@ async def admin_router(gw: Gateway, http: web.Request) -> web.Response:
     except (ControlPlaneError, ValueError, TypeError) as exc:
         return error_response(400, f"router: {exc}", param="router")
     gw.execute(actions)
-    return web.json_response({"from_router": old, "to_router": gw.cp.router.name})
+    return json_response({"from_router": old, "to_router": gw.cp.router.name})
 
 
-async def admin_health(gw: Gateway, http: web.Request) -> web.Response:
+async def admin_health(gw: Gateway, http: HttpRequest) -> Response:
     data, err = await _admin_json(gw, http, "instance")
     if err is not None:
         return err
@@ -136,15 +135,15 @@ async def admin_health(gw: Gateway, http: web.Request) -> web.Response:
         return error_response(400, f"health must be up, draining or down, got {value!r}",
                               param="health")
     gw.execute(gw.cp.set_health(iid, health, gw.now(), "admin"))
-    return web.json_response({"instance": iid, "health": health.value})
+    return json_response({"instance": iid, "health": health.value})
 
 
-async def admin_state(gw: Gateway, http: web.Request) -> web.Response:
+async def admin_state(gw: Gateway, http: HttpRequest) -> Response:
     denied = _denied(gw, http)
     if denied is not None:
         return denied
     cp = gw.cp
-    return web.json_response({
+    return json_response({
         "policy": cp.policy.name, "active_policy": cp.policy.active,
         "router": cp.router.name, "queued": cp.cluster.queued,
         "queued_by_priority": list(cp.cluster.queued_by_priority),
@@ -158,12 +157,12 @@ async def admin_state(gw: Gateway, http: web.Request) -> web.Response:
                       for v in cp.cluster.instances]})
 
 
-async def admin_records(gw: Gateway, http: web.Request) -> web.Response:
+async def admin_records(gw: Gateway, http: HttpRequest) -> Response:
     denied = _denied(gw, http)
     if denied is not None:
         return denied
     lines = [json.dumps(r.to_dict()) for r in gw.records.records()]
     if http.query.get("clear") in ("1", "true"):
         gw.records.clear()
-    return web.Response(body=("\n".join(lines) + "\n" if lines else "").encode(),
-                        content_type="application/x-ndjson")
+    return Response(200, ("\n".join(lines) + "\n" if lines else "").encode(),
+                    content_type="application/x-ndjson")

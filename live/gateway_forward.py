@@ -37,11 +37,10 @@ import json
 import re
 from typing import TYPE_CHECKING
 
-import aiohttp
-from aiohttp import web
-
 from control_plane.actions import Outcome, RejectCause
 from live.gateway_records import DONE, INFLIGHT, QUEUED, Pending
+from live.http_server import HttpRequest, Response, StreamResponse, error_json
+from live.upstream import UpstreamError, UpstreamResponse
 
 if TYPE_CHECKING:
     from live.gateway import Gateway
@@ -56,7 +55,7 @@ REJECT_STATUS = {
 }
 _MAX_ERROR_BODY = 64 * 1024
 _MAX_EVENT = 4 * 1024 * 1024  # an SSE event larger than this is an engine fault
-_NET_ERRORS = (aiohttp.ClientError, TimeoutError, OSError)
+_NET_ERRORS = (TimeoutError, OSError)  # UpstreamError is a ConnectionError
 _COMPLETION = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
 _PROMPT = re.compile(rb'"prompt_tokens"\s*:\s*(\d+)')
 _CACHED = re.compile(rb'"cached_tokens"\s*:\s*(\d+)')
@@ -64,14 +63,7 @@ _NO_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
 _SSE_HEADERS = {"content-type": "text/event-stream", "cache-control": "no-cache"}
 
 
-def error_response(status: int, message: str, *, type_: str = "invalid_request_error",
-                   param: str | None = None, code: object = None,
-                   headers: dict[str, str] | None = None) -> web.Response:
-    """An OpenAI-style JSON error."""
-    body = {"error": {"message": message, "type": type_, "param": param,
-                      "code": status if code is None else code}}
-    return web.Response(status=status, body=json.dumps(body).encode(),
-                        content_type="application/json", headers=headers)
+error_response = error_json  # an OpenAI-style JSON error
 
 
 def _usage(data: bytes) -> tuple[int | None, int | None, int]:
@@ -89,13 +81,6 @@ def _sse_error(message: str) -> bytes:
     body = {"error": {"message": message, "type": "upstream_error", "param": None,
                       "code": 502}}
     return b"data: " + json.dumps(body).encode() + b"\n\n"
-
-
-class _SseResponse(web.StreamResponse):
-    """Its headers leave with the first event, in one send (aiohttp's StreamResponse sends
-    them at once by default; the first event is already in hand when it is prepared)."""
-
-    _send_headers_immediately = False
 
 
 class _Stream:
@@ -133,7 +118,8 @@ class _Stream:
         return b"\n\n".join(keep) + b"\n\n" if keep else b""
 
 
-async def serve_request(gw: Gateway, http: web.Request, p: Pending) -> web.StreamResponse:
+async def serve_request(gw: Gateway, http: HttpRequest, p: Pending
+                        ) -> Response | StreamResponse:
     """Wait for dispatches and forward until an answer (or a final error) goes out."""
     loop = asyncio.get_running_loop()
     while True:
@@ -175,7 +161,7 @@ async def serve_request(gw: Gateway, http: web.Request, p: Pending) -> web.Strea
             return resp
 
 
-async def end_stream(resp: web.StreamResponse, message: str) -> None:
+async def end_stream(resp: StreamResponse, message: str) -> None:
     with contextlib.suppress(Exception):  # the client is gone too, or it never started
         await resp.write(_sse_error(message))
         await resp.write_eof()
@@ -226,12 +212,12 @@ def _complete(gw: Gateway, p: Pending, out_tokens: int, prompt_tokens: int | Non
         cached_prompt_tokens=min(cached, r.prompt_tokens))))
 
 
-async def _attempt(gw: Gateway, http: web.Request, p: Pending, iid: str
-                   ) -> web.StreamResponse | None:
+async def _attempt(gw: Gateway, http: HttpRequest, p: Pending, iid: str
+                   ) -> Response | StreamResponse | None:
     """One attempt on ``iid``: the client's response, or None after a retryable failure."""
     client = gw.clients[iid]
     try:
-        up = await client.post(p.body.kind, p.body.forward)
+        up = await client.forward(p.body.kind, p.body.forward)
     except _NET_ERRORS as exc:
         gw.metrics.upstream_error(iid, "connect")
         gw.probe(iid)
@@ -241,7 +227,7 @@ async def _attempt(gw: Gateway, http: web.Request, p: Pending, iid: str
     try:
         if up.status != 200:
             try:
-                data = await up.content.read(_MAX_ERROR_BODY)
+                data = await up.read(_MAX_ERROR_BODY)
             except _NET_ERRORS:
                 data = b""
             text = data.decode(errors="replace")
@@ -250,7 +236,7 @@ async def _attempt(gw: Gateway, http: web.Request, p: Pending, iid: str
                 _retry(gw, p, f"{iid} answered HTTP {up.status}: {text[:300]}")
                 return None
             _fail(gw, p, "engine_rejected", f"{iid} answered HTTP {up.status}: {text[:300]}")
-            return web.Response(status=up.status, body=data, headers={
+            return Response(up.status, data, headers={
                 "content-type": up.headers.get("content-type", "application/json"),
                 **gw.reply_headers(p)})
         if p.body.stream:
@@ -264,27 +250,25 @@ async def _attempt(gw: Gateway, http: web.Request, p: Pending, iid: str
             return None
         out, prompt, cached = _usage(data)
         _complete(gw, p, out or 0, prompt, cached, streamed=False)
-        return web.Response(body=data, headers={"content-type": "application/json",
-                                                **gw.reply_headers(p)})
+        return Response(200, data, headers={"content-type": "application/json",
+                                            **gw.reply_headers(p)})
     finally:
         up.release()
 
 
-async def _stream(gw: Gateway, http: web.Request, p: Pending, iid: str,
-                  up: aiohttp.ClientResponse) -> web.StreamResponse | None:
-    content = up.content
+async def _stream(gw: Gateway, http: HttpRequest, p: Pending, iid: str,
+                  up: UpstreamResponse) -> StreamResponse | None:
     buf = b""
     cut = -1
     try:  # until the first complete event: failures here are retried transparently
         while cut < 0:
-            chunk = await content.readany()
+            chunk = await up.readany()
             if not chunk:
-                raise aiohttp.ClientPayloadError("the engine closed the stream before its "
-                                                 "first event")
+                raise UpstreamError("the engine closed the stream before its first event")
             buf += chunk
             cut = buf.rfind(b"\n\n")
             if cut < 0 and len(buf) > _MAX_EVENT:
-                raise aiohttp.ClientPayloadError(f"no SSE event in {len(buf)} bytes")
+                raise UpstreamError(f"no SSE event in {len(buf)} bytes")
     except _NET_ERRORS as exc:
         gw.metrics.upstream_error(iid, "before_first_byte")
         gw.probe(iid)
@@ -292,7 +276,7 @@ async def _stream(gw: Gateway, http: web.Request, p: Pending, iid: str,
                       f"{type(exc).__name__}: {exc}")
         return None
     p.first_s = gw.now()
-    resp = _SseResponse(headers={**_SSE_HEADERS, **gw.reply_headers(p)})
+    resp = StreamResponse(200, {**_SSE_HEADERS, **gw.reply_headers(p)})
     p.started = resp  # from here on a failure cannot be hidden from the client
     await resp.prepare(http)
     st = _Stream()
@@ -313,10 +297,9 @@ async def _stream(gw: Gateway, http: web.Request, p: Pending, iid: str,
                     _fail(gw, p, "client_disconnected", f"client gone: {exc}")
                     return resp
         try:
-            chunk = await content.readany()
+            chunk = await up.readany()
             if not chunk:
-                raise aiohttp.ClientPayloadError("the engine closed the stream before "
-                                                 "data: [DONE]")
+                raise UpstreamError("the engine closed the stream before data: [DONE]")
         except _NET_ERRORS as exc:
             gw.metrics.upstream_error(iid, "mid_stream")
             gw.probe(iid)

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import click
 import yaml
-from aiohttp import web
 from yarl import URL
 
 from control_plane import ConfigError, ControlPlane, ControlPlaneConfig, InstanceSpec
@@ -25,6 +24,7 @@ from control_plane.policies import create_policy
 from control_plane.routing import create_router
 from live.client import EngineTimeouts, normalize_url
 from live.gateway import Gateway, GatewayConfig
+from live.serve import run_until_signalled
 from sagellm.experiment import load_experiment
 
 __all__ = ["build_gateway", "gateway_cmd", "parse_engines", "parse_spec"]
@@ -182,8 +182,15 @@ def gateway_cmd(engines, config_path, policy, router, host, port, scrape_interva
                    f"(max_inflight {v.spec.max_inflight})")
     click.echo(f"policy {cp.policy.name}, router {cp.router.name}; "
                f"OpenAI API on http://{host}:{port}/v1")
-    web.run_app(gw.app, host=host, port=port, access_log=None, handler_cancellation=True,
-                print=None)
+
+    async def start() -> None:
+        try:
+            await gw.listen(host, port)
+        except OSError as exc:
+            raise click.ClickException(f"cannot serve on {host}:{port}: "
+                                       f"{exc.strerror or exc}") from exc
+
+    run_until_signalled(start, gw.close)
     if records_path:
         rows = [json.dumps(r.to_dict()) for r in gw.records.records()]
         Path(records_path).write_text("".join(line + "\n" for line in rows))
