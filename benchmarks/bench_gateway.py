@@ -19,6 +19,8 @@ one keep-alive connection pool). Per run and target: ``--warmup`` requests, then
 timed ones; per-request latency with ``perf_counter``. ``added_p50_ms`` / ``added_p99_ms`` =
 percentile through the router - the same percentile direct, measured in the same run round;
 each figure is the median of ``--repeats`` rounds (targets interleaved within a round).
+``added_p50_ms_c1`` / ``added_p99_ms_c1``: the same with one request at a time (a third as
+many requests), the router's own latency without queueing behind other requests.
 ``cpu_us_per_req`` = user+sys CPU of the router's process tree over the timed requests
 (``/proc/<pid>/stat``, clock ticks) / requests. ``gateway.max_rps``: gateway throughput at
 saturation (``--max-concurrency``, default 64), requests / wall time (``direct_max_rps`` is
@@ -330,14 +332,20 @@ async def bench(args) -> dict:
             _stop(procs.pop("vllm_router", None))
 
         rounds: dict[str, list[dict]] = {k: [] for k in ["direct", *targets]}
+        n1 = max(100, args.requests // 3)
         for _ in range(args.repeats):
             d = await measure(upstream, None, args.requests, args.warmup, args.concurrency)
+            d1 = await measure(upstream, None, n1, args.warmup // 3, 1)
+            d["p50_ms_c1"], d["p99_ms_c1"] = d1["p50_ms"], d1["p99_ms"]
             rounds["direct"].append(d)
             for name, url in targets.items():
                 m = await measure(url, procs[name].pid, args.requests, args.warmup,
                                   args.concurrency)
                 m["added_p50_ms"] = m["p50_ms"] - d["p50_ms"]
                 m["added_p99_ms"] = m["p99_ms"] - d["p99_ms"]
+                m1 = await measure(url, None, n1, args.warmup // 3, 1)
+                m["added_p50_ms_c1"] = m1["p50_ms"] - d1["p50_ms"]
+                m["added_p99_ms_c1"] = m1["p99_ms"] - d1["p99_ms"]
                 rounds[name].append(m)
 
         def med(name: str, key: str) -> float:
@@ -345,10 +353,11 @@ async def bench(args) -> dict:
 
         for name in targets:
             result[name] = {k: med(name, k) for k in
-                            ("added_p50_ms", "added_p99_ms", "cpu_us_per_req", "p50_ms",
-                             "p99_ms", "rps")}
+                            ("added_p50_ms", "added_p99_ms", "added_p50_ms_c1",
+                             "added_p99_ms_c1", "cpu_us_per_req", "p50_ms", "p99_ms", "rps")}
             result[name]["errors"] = sum(r["errors"] for r in rounds[name])
-        result["direct"] = {k: med("direct", k) for k in ("p50_ms", "p99_ms", "rps")}
+        result["direct"] = {k: med("direct", k) for k in ("p50_ms", "p99_ms", "rps",
+                                                           "p50_ms_c1", "p99_ms_c1")}
         if vr_error:
             result["vllm_router_error"] = vr_error
 
@@ -391,7 +400,8 @@ def _summary(r: dict) -> str:
             continue
         lines.append(f"{name}: added p50 {m['added_p50_ms']:+.3f} ms, p99 "
                      f"{m['added_p99_ms']:+.3f} ms, CPU {m['cpu_us_per_req']:.0f} us/req, "
-                     f"{m['rps']:.0f} req/s at c={r['setup']['concurrency']}")
+                     f"{m['rps']:.0f} req/s at c={r['setup']['concurrency']}; at c=1 added "
+                     f"p50 {m['added_p50_ms_c1']:+.3f} ms, p99 {m['added_p99_ms_c1']:+.3f} ms")
     lines.append(f"gateway max throughput (c={r['setup']['max_concurrency']}): "
                  f"{r['gateway']['max_rps']:.0f} req/s")
     lines.append("targets: " + ("met" if r["targets_met"] else "; ".join(r["target_failures"])))

@@ -99,6 +99,7 @@ class RequestHints:
 _DEFAULT = RequestHints()
 _KNOWN = (PRIORITY, TENANT, SESSION, SLO_TTFT_MS, SLO_TPOT_MS, SLO_E2E_MS, COST_BUDGET,
           PROMPT_TOKENS, OUTPUT_TOKENS, REQUEST_ID)
+_KNOWN_SET = frozenset(_KNOWN)
 
 
 def _positive_ms(header: str, value: str) -> float:
@@ -133,7 +134,8 @@ def parse_hints(headers: Mapping[str, str]) -> RequestHints:
     Raises :class:`HeaderError` for a bad value. Costs a few dict lookups when no hint is
     present (the common case of a plain OpenAI client).
     """
-    if not any(h in headers for h in _KNOWN):
+    if (_KNOWN_SET.isdisjoint(headers) if type(headers) is dict  # lower-case names
+            else not any(h in headers for h in _KNOWN)):
         return _DEFAULT
     priority = int(Priority.NORMAL)
     v = headers.get(PRIORITY)
