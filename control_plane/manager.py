@@ -287,6 +287,8 @@ class ControlPlane:
                 fresh = tuple(c for c in candidates if c.instance_id not in failed)
                 if fresh:
                     candidates = fresh
+                elif self._usable_elsewhere(request, failed, now):
+                    return None  # wait for room where it has not failed yet
         iid = self._router.route(request, candidates, cluster, self._rng)
         if iid is None:
             return None
@@ -296,6 +298,18 @@ class ControlPlane:
                 f"router {self._router.name!r} picked {iid!r}, which is not a candidate "
                 f"(candidates: {[c.instance_id for c in candidates]})")
         return view
+
+    def _usable_elsewhere(self, request: Request, failed: set[str], now: float) -> bool:
+        """Whether an up instance the request has not failed on could take it once it has
+        room (the policy's restriction applied). A retried request waits for one rather
+        than going back, only because the others are full, to the instance that just failed
+        it (most likely down, and not yet known to be)."""
+        cluster = self.cluster
+        up = tuple(v for v in cluster.instances
+                   if v.health is _UP and v.instance_id not in failed)
+        if up and self._policy.restricts_candidates:
+            up = self._policy.candidates(request, up, cluster, now)
+        return bool(up)
 
     def _dispatch(self, request: Request, view: InstanceView, attempt: int,
                   now: float) -> Dispatch:

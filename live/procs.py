@@ -1,4 +1,4 @@
-"""Process trees on Linux, read from /proc: descendants, liveness, group stop.
+"""Process trees on Linux, read from /proc: descendants, liveness, group stop, listeners.
 
 Used by :mod:`live.launcher`; standard library only.
 """
@@ -12,7 +12,8 @@ import signal
 import subprocess
 import time
 
-__all__ = ["alive", "descendants", "die_with_parent", "stop_process_group"]
+__all__ = ["alive", "descendants", "die_with_parent", "listener_pids", "listening_inodes",
+           "stop_process_group"]
 
 _PR_SET_PDEATHSIG = 1
 
@@ -68,8 +69,24 @@ def _group_members(pgid: int) -> list[int]:
             if int(fields[2]) == pgid and fields[0] != b"Z"]
 
 
-def stop_process_group(proc: subprocess.Popen, grace_s: float = 15.0) -> int | None:
-    """SIGTERM ``proc``'s process group, wait up to ``grace_s``, then SIGKILL what is left.
+def _wait_gone(pgid: int, pids: set[int], deadline: float,
+               proc: subprocess.Popen | None = None) -> bool:
+    """Poll until ``proc`` has exited, group ``pgid`` is empty and ``pids`` are all gone;
+    False if ``deadline`` (monotonic) passes first."""
+    while True:
+        if (proc is None or proc.poll() is not None) and not _group_members(pgid) \
+                and not any(alive(p) for p in pids):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+
+
+def stop_process_group(proc: subprocess.Popen, grace_s: float = 15.0,
+                       kill_wait_s: float = 10.0) -> int | None:
+    """SIGTERM ``proc``'s process group, wait up to ``grace_s``, then SIGKILL what is left,
+    and return only once every process of the tree is gone (so its ports, cores and memory
+    are free), or after a further ``kill_wait_s``.
 
     ``proc`` must lead its own group (``start_new_session=True``). Descendants that moved to
     another group are found through /proc beforehand and killed too. Returns the exit code.
@@ -78,21 +95,61 @@ def stop_process_group(proc: subprocess.Popen, grace_s: float = 15.0) -> int | N
     family = set(descendants(proc.pid))
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None and not _group_members(pgid) \
-                and not any(alive(p) for p in family):
-            break
-        time.sleep(0.05)
+    if _wait_gone(pgid, family, time.monotonic() + grace_s, proc):
+        return proc.wait()
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
-    for p in family | set(descendants(proc.pid)):
+    family |= set(descendants(proc.pid))
+    for p in family:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(p, signal.SIGKILL)
     try:
-        return proc.wait(timeout=10)
+        code = proc.wait(timeout=kill_wait_s)
     except subprocess.TimeoutExpired:
         return None
+    # SIGKILL is asynchronous: the other members may still be exiting (and holding the port)
+    _wait_gone(pgid, family, time.monotonic() + kill_wait_s)
+    return code
+
+
+def listening_inodes(port: int) -> set[int]:
+    """Socket inodes of the TCP listeners (IPv4 and IPv6) on ``port``, from /proc/net."""
+    found: set[int] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f, None)                     # the header line
+                for line in f:
+                    # sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+                    parts = line.split()
+                    if len(parts) > 9 and parts[3] == "0A" \
+                            and int(parts[1].rsplit(":", 1)[1], 16) == port:
+                        found.add(int(parts[9]))
+        except OSError:
+            continue
+    return found
+
+
+def listener_pids(port: int) -> set[int]:
+    """The processes holding a TCP socket that listens on ``port`` (those whose open files
+    this process may read; empty when none is found)."""
+    wanted = {f"socket:[{i}]" for i in listening_inodes(port)}
+    owners: set[int] = set()
+    if not wanted:
+        return owners
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            fds = os.listdir(f"/proc/{d}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{d}/fd/{fd}") in wanted:
+                    owners.add(int(d))
+                    break
+    return owners
 
 
 def die_with_parent() -> None:            # runs in the child between fork and exec

@@ -7,6 +7,9 @@ import click
 from control_plane import ConfigError
 from control_plane.policies import POLICIES
 from control_plane.routing import FILTERS, PICKERS, ROUTERS, SCORERS
+from sagellm.cli_calibrate import calibrate_cmd
+from sagellm.cli_compare import compare_cmd
+from sagellm.cli_emulate import emulate_cmd
 from sagellm.cli_engines import engines
 from sagellm.cli_gateway import gateway_cmd
 from sagellm.cli_replay import replay_cmd
@@ -61,6 +64,9 @@ main.add_command(plan_cmd)
 main.add_command(engines)
 main.add_command(gateway_cmd)
 main.add_command(replay_cmd)
+main.add_command(calibrate_cmd)
+main.add_command(emulate_cmd)
+main.add_command(compare_cmd)
 
 if __name__ == "__main__":
     main()

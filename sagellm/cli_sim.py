@@ -13,6 +13,7 @@ import numpy as np
 from tqdm import tqdm
 
 from control_plane import ConfigError, ControlPlaneConfig, Request
+from control_plane.engine import EngineConfig
 from control_plane.metrics import format_table
 from control_plane.perf.parallel import ParallelConfig
 from control_plane.policies import POLICIES
@@ -21,7 +22,6 @@ from sagellm.cli_workloads import load as load_trace
 from sagellm.experiment import Experiment, WorkloadSpec, load_experiment, parse_failure
 from sagellm.results import FORMATS, write_run, write_summaries
 from sim import RequestLevelModel, simulate
-from sim.engine_config import EngineConfig
 from sim.hardware import instances_for
 from workloads import arrivals, poisson_mix, transform
 from workloads.readers import LengthTable

@@ -19,9 +19,11 @@ failures: [{instance: fast-1, down_s: 60, up_s: 120}]
 
 An instance entry with ``count: n`` expands to ids ``<id>-0 .. <id>-(n-1)``. Hardware
 entries take ``model``, ``gpu``, ``tp``, ``pp``, ``gpu_memory_utilization``, the engine
-settings of :class:`sim.engine_config.EngineConfig` and ``price_per_hour_usd`` /
-``max_inflight``. Errors name the file and the key path
-(``cluster.instances[1].max_inflight``).
+settings of :class:`control_plane.engine.EngineConfig` and ``price_per_hour_usd`` /
+``max_inflight``, and optionally ``profile`` (a measured iteration-time profile instead of
+the roofline). An entry with ``profile`` and no ``model``/``gpu`` is an engine as measured,
+e.g. by ``sagellm calibrate`` (:mod:`sagellm.profiled`). Errors name the file and the key
+path (``cluster.instances[1].max_inflight``).
 """
 
 from __future__ import annotations
@@ -34,20 +36,21 @@ from typing import Any
 import yaml
 
 from control_plane import ConfigError, ControlPlaneConfig, InstanceSpec, ValidationError
+from control_plane.engine import EngineConfig
 from control_plane.perf.parallel import ParallelConfig
 from control_plane.policies import create_policy
 from control_plane.routing import create_router
+from sagellm.profiled import load_profile, profiled_instances
 from sim.config import InstanceSim, SimConfig
-from sim.engine_config import EngineConfig
 from sim.hardware import instances_for
 
 __all__ = ["Experiment", "WorkloadSpec", "experiment_from_dict", "load_experiment",
-           "parse_failure"]
+           "parse_failure", "read_yaml"]
 
 _SPEC_FIELDS = {f.name for f in dataclasses.fields(InstanceSpec)} - {"instance_id"}
 _ENGINE_FIELDS = {f.name for f in dataclasses.fields(EngineConfig)} - {"num_gpu_blocks"}
 _HW_FIELDS = {"model", "gpu", "tp", "pp", "gpu_memory_utilization", "price_per_hour_usd",
-              "max_inflight"} | _ENGINE_FIELDS
+              "max_inflight", "profile"} | _ENGINE_FIELDS
 _SIM_FIELDS = {f.name for f in dataclasses.fields(SimConfig)}
 
 
@@ -84,6 +87,7 @@ def _hardware(entry: dict, iid: str, count: int, path: str) -> list[InstanceSim]
     if "model" not in entry or "gpu" not in entry:
         raise ConfigError(f"{path}: a hardware instance needs both 'model' and 'gpu'")
     engine = {k: entry[k] for k in _ENGINE_FIELDS if k in entry}
+    predictor = load_profile(entry["profile"], path)[0] if "profile" in entry else None
     try:
         par = ParallelConfig(tp=entry.get("tp", 1), pp=entry.get("pp", 1))
         return instances_for(entry["model"], entry["gpu"], count, par,
@@ -91,7 +95,7 @@ def _hardware(entry: dict, iid: str, count: int, path: str) -> list[InstanceSim]
                              gpu_memory_utilization=entry.get("gpu_memory_utilization", 0.9),
                              price_per_hour_usd=entry.get("price_per_hour_usd"),
                              max_inflight=entry.get("max_inflight"),
-                             id_prefix=iid if count > 1 else None)
+                             id_prefix=iid if count > 1 else None, predictor=predictor)
     except (ValueError, TypeError, KeyError) as exc:
         raise ConfigError(f"{path}: {exc}") from exc
 
@@ -118,11 +122,14 @@ def _instances(entries: object, where: str) -> tuple[InstanceSpec | InstanceSim,
                     sims[0].spec, instance_id=iid))]
             out += sims
             continue
+        if "profile" in entry:
+            out += profiled_instances(entry, iid, count, path)
+            continue
         unknown = sorted(set(entry) - _SPEC_FIELDS)
         if unknown:
             raise ConfigError(f"{path}: unknown key(s) {unknown}; known: "
                               f"{sorted(_SPEC_FIELDS | {'id', 'count'})}, or a hardware "
-                              f"instance with 'model' and 'gpu'")
+                              f"instance with 'model' and 'gpu', or one with a 'profile'")
         for n in range(count):
             name = iid if count == 1 else f"{iid}-{n}"
             try:
@@ -217,16 +224,21 @@ def experiment_from_dict(data: object, where: str = "<config>") -> Experiment:
     return Experiment(instances, policy, router, control, workload, sim, failures)
 
 
-def load_experiment(path: str | Path) -> Experiment:
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file's data; unreadable files and syntax errors are ConfigErrors naming the
+    file (and the line)."""
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
     try:
-        data: Any = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f":{mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{path}{at}: invalid YAML: {getattr(exc, 'problem', exc)}") from exc
-    return experiment_from_dict(data, str(path))
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    return experiment_from_dict(read_yaml(path), str(path))

@@ -19,11 +19,11 @@ from collections.abc import Callable
 
 import numpy as np
 
+from control_plane.engine import EngineConfig
 from control_plane.parallelism import Estimate, PlanOptions, SLOTarget
 from control_plane.perf.parallel import ParallelConfig
 from sim import SimConfig, simulate
 from sim.config import InstanceSim
-from sim.engine_config import EngineConfig
 from sim.hardware import instances_for
 from workloads import arrivals
 from workloads.trace import Trace

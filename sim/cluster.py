@@ -1,4 +1,4 @@
-"""The engine-model cluster in SimPy: instances running :class:`~sim.engine.Engine`, the
+"""The engine-model cluster in SimPy: instances running :class:`~control_plane.engine.Engine`, the
 control plane's actions carried out over a network delay, periodic scrapes and ticks, and
 injected failures.
 
@@ -30,11 +30,11 @@ from control_plane import (
     Request,
     Retry,
 )
+from control_plane.engine import Engine
 from control_plane.metrics import RequestRecord
 from control_plane.types import Health
 from sim.columns import RecordColumns
 from sim.config import EngineModel, InstanceSim, SimConfig
-from sim.engine import Engine
 
 __all__ = ["ClusterRun", "InstanceSeries"]
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from control_plane.engine import EngineConfig
 from control_plane.perf.base import IterationPredictor, LinearPredictor
 from control_plane.types import InstanceSpec
-from sim.engine_config import EngineConfig
 
 __all__ = ["EngineModel", "InstanceSim", "SimConfig"]
 

@@ -9,7 +9,7 @@ every ``tick_interval_s``. Deterministic: no wall clock, no unseeded randomness.
 Service models:
 
 - the default, :class:`~sim.config.EngineModel`: each instance runs a
-  :class:`~sim.engine.Engine` (vLLM v1 scheduler semantics, paged KV, prefix caching,
+  :class:`~control_plane.engine.Engine` (vLLM v1 scheduler semantics, paged KV, prefix caching,
   preemption) timed by an iteration-time predictor, in :mod:`sim.cluster`: requests cross a
   network delay gateway -> engine and back; ``failures`` take instances down (their
   in-flight requests are retried elsewhere by the control plane and counted in

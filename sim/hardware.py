@@ -22,7 +22,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from control_plane.perf import Batch
+from control_plane.engine import EngineConfig
+from control_plane.perf import Batch, IterationPredictor
 from control_plane.perf.hardware import get_gpu
 from control_plane.perf.memory import kv_capacity_tokens
 from control_plane.perf.models import get_model
@@ -31,7 +32,6 @@ from control_plane.perf.pipelined import PipelinedPredictor
 from control_plane.perf.profile import predictor_for
 from control_plane.types import InstanceSpec
 from sim.config import InstanceSim
-from sim.engine_config import EngineConfig
 
 __all__ = ["instances_for"]
 
@@ -43,10 +43,13 @@ _ESTIMATE_PREFILL = 2048
 def instances_for(model: str, gpu: str, count: int, parallel: ParallelConfig | None = None,
                   *, engine: EngineConfig | None = None, gpu_memory_utilization: float = 0.9,
                   price_per_hour_usd: float | None = None, max_inflight: int | None = None,
-                  id_prefix: str | None = None) -> list[InstanceSim]:
+                  id_prefix: str | None = None,
+                  predictor: IterationPredictor | None = None) -> list[InstanceSim]:
     """``count`` identical instances of ``model`` on ``gpu`` with ``parallel`` (tp x pp GPUs
     each). ``engine``: scheduling settings (its ``num_gpu_blocks`` is replaced by the
-    capacity computed here). Infeasible combinations raise ValueError with the figures."""
+    capacity computed here). ``predictor``: one replica's iteration time (e.g. a measured
+    profile's ``FittedPredictor``) instead of :func:`predictor_for`'s choice. Infeasible
+    combinations raise ValueError with the figures."""
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ValueError(f"count={count!r}: must be an integer >= 1")
     m = get_model(model)
@@ -61,7 +64,7 @@ def instances_for(model: str, gpu: str, count: int, parallel: ParallelConfig | N
     cfg = engine or EngineConfig()
     kv_tokens = kv_capacity_tokens(m, g, par, gpu_memory_utilization)
     cfg = replace(cfg, num_gpu_blocks=max(1, kv_tokens // cfg.block_size))
-    predictor = predictor_for(m, g, par)
+    predictor = predictor_for(m, g, par) if predictor is None else predictor
     if par.pp > 1:  # vLLM keeps pp micro-batches in flight
         predictor = PipelinedPredictor(predictor, par.pp)
     prefill_s = predictor.iteration_s(Batch(prefill_tokens=_ESTIMATE_PREFILL,

@@ -6,8 +6,10 @@
 - :mod:`roofline` (``RooflinePredictor``): roofline with efficiencies, launch costs and
   collective costs fitted to Vidur's public operator profiles (:mod:`coefficients`,
   ``data/fitted_coefficients.json``, written by ``sagellm/perf_fit.py``).
-- :mod:`profile` (``FittedPredictor``, ``predictor_for``): measured iteration-time tables,
-  which replace the roofline where one exists for the model/GPU/TP/PP.
+- :mod:`profile` (``FittedPredictor``, ``predictor_for``, ``resolve_profile``): measured
+  iteration-time tables (with per-request overheads), which replace the roofline where one
+  exists for the model/GPU/TP/PP; built-in ones in ``data/profiles`` (``sagellm
+  calibrate`` writes them); :mod:`calibration`: their held-out fit report.
 """
 
 from control_plane.perf.base import Batch, IterationPredictor, LinearPredictor
@@ -24,9 +26,11 @@ from control_plane.perf.pipelined import PipelinedPredictor
 from control_plane.perf.profile import (
     FittedPredictor,
     ProfileTable,
+    builtin_profiles,
     find_profile,
     predictor_for,
     read_profile,
+    resolve_profile,
     write_profile,
 )
 from control_plane.perf.roofline import RooflinePredictor
@@ -45,6 +49,7 @@ __all__ = [
     "PipelinedPredictor",
     "ProfileTable",
     "RooflinePredictor",
+    "builtin_profiles",
     "check_parallel",
     "find_profile",
     "from_hf_config",
@@ -55,6 +60,7 @@ __all__ = [
     "load_coefficients",
     "predictor_for",
     "read_profile",
+    "resolve_profile",
     "weights_bytes_per_gpu",
     "write_profile",
 ]

@@ -14,11 +14,33 @@ Profile table format (CSV, UTF-8), one file per model / GPU / TP / PP::
 
 Metadata lines ``# key: value`` come before the header; ``model``, ``gpu``, ``tp`` and
 ``pp`` are required (names as :func:`~control_plane.perf.get_model` /
-:func:`~control_plane.perf.get_gpu` accept them). Columns, one row per measured engine
-iteration, are those of :class:`~control_plane.perf.base.Batch` plus ``iteration_s``
-(seconds, wall time of the step); ``prefill_attention`` and ``decode_context`` default to 0
-when absent; other columns are ignored. Files are found by :func:`find_profile` in a folder
-(``*.csv``, recursively) by their metadata, not their names.
+:func:`~control_plane.perf.get_gpu` accept them; a CPU engine names its processor, e.g.
+``gpu: cpu``, and is then used through its file, see below). Columns, one row per measured
+engine iteration (or the mean of several iterations of the same composition), are those of
+:class:`~control_plane.perf.base.Batch` plus ``iteration_s`` (seconds, wall time of the
+step, from one step's start to the next's); ``prefill_attention`` and ``decode_context``
+default to 0 when absent. Other columns are kept as text in ``ProfileTable.extra`` and
+written back, never fitted (``sagellm calibrate`` writes ``kind`` prefill|decode, ``split``
+train|holdout, ``repeats`` and ``rel_spread``: (slowest - fastest repeat) / median).
+Files are found by :func:`find_profile` in a folder (``*.csv``, recursively) by their
+metadata, not their names; :func:`resolve_profile` takes a path or the name of a built-in
+profile (``data/profiles/<name>.csv``).
+
+Optional metadata, per-request overheads in seconds (absent: 0), time a request spends
+outside the engine's iterations and queue, which the iteration predictor does not cover:
+
+- ``request_ttft_overhead_s``: added to the time to first token as a client of the engine's
+  HTTP server sees it (API server parsing and serialising, IPC to and from the engine core,
+  HTTP) = client TTFT - (engine queue time + the prefill iteration) of a request joining a
+  running engine, median over requests. Informational split: ``api_server_ttft_s`` (client
+  TTFT - engine-reported TTFT) and ``engine_frontend_ttft_s`` (engine TTFT - queue -
+  prefill).
+- ``request_e2e_overhead_s``: client end-to-end time - (engine queue + inference time) of a
+  streamed request, median.
+
+They become :class:`FittedPredictor`'s ``request_ttft_overhead_s`` / ``request_e2e_overhead_s``.
+The fixed per-*step* overhead of the engine (scheduling, sampling, Python) is the fit's
+``intercept_s``. Other metadata (hardware, engine version, date, fit quality) is free text.
 
 :class:`FittedPredictor` fits ``iteration_s ~ intercept + a * prefill_tokens + b *
 prefill_attention + c * decode_seqs + d * decode_context`` with all coefficients >= 0,
@@ -45,10 +67,13 @@ from control_plane.perf.models import ModelSpec, get_model
 from control_plane.perf.parallel import ParallelConfig
 from control_plane.perf.roofline import RooflinePredictor
 
-__all__ = ["COLUMNS", "FittedPredictor", "ProfileTable", "find_profile", "predictor_for",
-           "read_profile", "write_profile"]
+__all__ = ["COLUMNS", "OVERHEAD_KEYS", "PROFILES_DIR", "FittedPredictor", "ProfileTable",
+           "builtin_profiles", "find_profile", "predictor_for", "read_profile",
+           "resolve_profile", "write_profile"]
 
 COLUMNS = ("prefill_tokens", "prefill_attention", "decode_seqs", "decode_context")
+OVERHEAD_KEYS = ("request_ttft_overhead_s", "request_e2e_overhead_s")
+PROFILES_DIR = Path(__file__).resolve().parent / "data" / "profiles"
 _REQUIRED_META = ("model", "gpu", "tp", "pp")
 
 
@@ -61,6 +86,7 @@ class ProfileTable:
     features: np.ndarray  # rows x 4, the COLUMNS
     iteration_s: np.ndarray
     meta: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)  # other columns: name -> tuple of str per row
 
     def matches(self, model: ModelSpec, gpu: GPUSpec, parallel: ParallelConfig) -> bool:
         return (_norm_model(self.model) == model.name and _norm_gpu(self.gpu) == gpu.name
@@ -115,7 +141,9 @@ def read_profile(path: str | Path) -> ProfileTable:
         if col not in header:
             raise ConfigError(f"{path}:{skipped + 1}: missing column {col!r} (have {header})")
     idx = {c: header.index(c) for c in (*COLUMNS, "iteration_s") if c in header}
+    others = {h: k for k, h in enumerate(header) if h and h not in idx}
     feats, ys = [], []
+    extra: dict[str, list[str]] = {h: [] for h in others}
     for i, row in enumerate(rows[1:], start=skipped + 2):
         if not any(cell.strip() for cell in row):
             continue
@@ -128,6 +156,8 @@ def read_profile(path: str | Path) -> ProfileTable:
             raise ConfigError(f"{path}:{i}: values must be >= 0 and iteration_s > 0: {row!r}")
         feats.append(vals)
         ys.append(y)
+        for h, k in others.items():
+            extra[h].append(row[k].strip() if k < len(row) else "")
     if not ys:
         raise ConfigError(f"{path}: no data rows")
     try:
@@ -135,7 +165,7 @@ def read_profile(path: str | Path) -> ProfileTable:
     except ValueError as exc:
         raise ConfigError(f"{path}: tp/pp metadata must be integers: {exc}") from exc
     return ProfileTable(meta["model"], meta["gpu"], tp, pp, np.array(feats, float),
-                        np.array(ys, float), meta)
+                        np.array(ys, float), meta, {h: tuple(v) for h, v in extra.items()})
 
 
 def write_profile(path: str | Path, table: ProfileTable) -> None:
@@ -147,9 +177,33 @@ def write_profile(path: str | Path, table: ProfileTable) -> None:
         for k, v in meta.items():
             f.write(f"# {k}: {v}\n")
         w = csv.writer(f)
-        w.writerow([*COLUMNS, "iteration_s"])
-        for feats, y in zip(table.features, table.iteration_s, strict=True):
-            w.writerow([*(int(v) if float(v).is_integer() else v for v in feats), repr(float(y))])
+        names = list(table.extra)
+        for name in names:
+            if len(table.extra[name]) != len(table.iteration_s):
+                raise ValueError(f"extra column {name!r} has {len(table.extra[name])} values "
+                                 f"for {len(table.iteration_s)} rows")
+        w.writerow([*COLUMNS, "iteration_s", *names])
+        for i, (feats, y) in enumerate(zip(table.features, table.iteration_s, strict=True)):
+            w.writerow([*(int(v) if float(v).is_integer() else v for v in feats), repr(float(y)),
+                        *(table.extra[n][i] for n in names)])
+
+
+def builtin_profiles() -> list[str]:
+    """Names of the profiles shipped in ``data/profiles`` (file stems)."""
+    return sorted(p.stem for p in PROFILES_DIR.glob("*.csv")) if PROFILES_DIR.is_dir() else []
+
+
+def resolve_profile(name_or_path: str | Path) -> Path:
+    """A profile file: an existing path, else a built-in profile's name (with or without
+    ``.csv``); ConfigError naming the built-in ones otherwise."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    builtin = PROFILES_DIR / (p.name if p.suffix == ".csv" else f"{p.name}.csv")
+    if p.parent == Path(".") and builtin.is_file():
+        return builtin
+    raise ConfigError(f"profile {str(name_or_path)!r}: no such file, nor a built-in profile "
+                      f"(built-in: {', '.join(builtin_profiles()) or 'none'})")
 
 
 def find_profile(model: ModelSpec | str, gpu: GPUSpec | str, parallel: ParallelConfig,
@@ -189,6 +243,13 @@ class FittedPredictor:
     rows: int = 0
     fit_rel_err_median: float = 0.0
     fit_rel_err_max: float = 0.0
+    request_ttft_overhead_s: float = 0.0  # per request, outside iterations (module doc)
+    request_e2e_overhead_s: float = 0.0
+
+    @classmethod
+    def from_file(cls, name_or_path: str | Path) -> FittedPredictor:
+        """Fit the profile at a path, or the built-in profile of that name."""
+        return cls.from_table(read_profile(resolve_profile(name_or_path)))
 
     @classmethod
     def from_table(cls, table: ProfileTable) -> FittedPredictor:
@@ -214,7 +275,7 @@ class FittedPredictor:
         rel = np.abs(X @ coef / y - 1)
         return cls(*(float(c) for c in coef), model=table.model, gpu=table.gpu, tp=table.tp,
                    pp=table.pp, rows=len(y), fit_rel_err_median=float(np.median(rel)),
-                   fit_rel_err_max=float(rel.max()))
+                   fit_rel_err_max=float(rel.max()), **_overheads(table))
 
     def iteration_s(self, batch: Batch) -> float:
         if batch.prefill_tokens + batch.decode_seqs <= 0:
@@ -229,6 +290,23 @@ class FittedPredictor:
             return 0.0
         first = self.iteration_s(Batch(decode_seqs=decode_seqs, decode_context=decode_context))
         return steps * first + self.per_context_token_s * decode_seqs * steps * (steps - 1) / 2
+
+
+def _overheads(table: ProfileTable) -> dict[str, float]:
+    out = {}
+    for key in OVERHEAD_KEYS:
+        raw = table.meta.get(key)
+        if raw is None or raw == "":
+            continue
+        try:
+            v = float(raw)
+        except ValueError:
+            v = -1.0
+        if not v >= 0:
+            raise ConfigError(f"profile {table.model}/{table.gpu}: metadata {key}={raw!r} must "
+                              "be a number of seconds >= 0")
+        out[key] = v
+    return out
 
 
 def predictor_for(model: ModelSpec | str, gpu: GPUSpec | str,

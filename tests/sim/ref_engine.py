@@ -4,9 +4,9 @@ Written the way vLLM's v1 scheduler and KV cache manager are: every request hold
 of block ids, free blocks sit one by one in an LRU queue, cached blocks are found through a
 key -> block dict, every iteration loops over every request, and the iteration time is
 ``predictor.iteration_s`` of the batch. It implements the same documented model as
-:mod:`sim.engine` (own blocks reusable only by the same request's recompute, no second copy
-of an already cached key) without any of its shortcuts (implicit decode state, segments,
-fast paths, fast-forward). Times agree to float rounding.
+:mod:`control_plane.engine` (own blocks reusable only by the same request's recompute, no
+second copy of an already cached key) without any of its shortcuts (implicit decode state,
+segments, fast paths, fast-forward). Times agree to float rounding.
 """
 
 from __future__ import annotations

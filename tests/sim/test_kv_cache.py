@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from control_plane.engine.kv_cache import KEYED, OWN, PLAIN
 from control_plane.perf.base import LinearPredictor
 from sim import BlockPool, Engine, EngineConfig, KVOverAllocation
-from sim.kv_cache import KEYED, OWN, PLAIN
 from tests.builders import req
 from tests.sim.engine_replay import replay
 

@@ -1,13 +1,17 @@
-"""Iteration-level model of one vLLM engine (v1 scheduler semantics), independent of SimPy.
+"""Iteration-level model of one vLLM engine (v1 scheduler semantics), independent of any
+clock: the caller says what time it is. The simulator runs it in SimPy time, the emulated
+engine (``sagellm emulate``) on the event loop's clock.
 
 :class:`Engine` is the facade; the model is split into
 
-- :mod:`sim.engine_seq`: the per-request state (:class:`~sim.engine_seq._Seq`);
-- :mod:`sim.engine_sched`: one scheduling step (running requests within the token budget,
-  preemption by recompute, admission from the waiting queue with prefix-cache hits);
-- :mod:`sim.engine_decode`: the implicit decode state and fast-forward of decode runs;
-- :mod:`sim.kv_cache`: the paged KV block pool and prefix cache; settings and outputs in
-  :mod:`sim.engine_config`.
+- :mod:`control_plane.engine.seq`: the per-request state (``_Seq``);
+- :mod:`control_plane.engine.scheduler`: one scheduling step (running requests within the
+  token budget, preemption by recompute, admission from the waiting queue with prefix-cache
+  hits);
+- :mod:`control_plane.engine.decode`: the implicit decode state and fast-forward of decode
+  runs;
+- :mod:`control_plane.engine.kv_cache`: the paged KV block pool and prefix cache; settings
+  and outputs in :mod:`control_plane.engine.config`.
 
 The iteration's time comes from an :class:`~control_plane.perf.base.IterationPredictor`.
 Tokens come out at the end of an iteration: a request whose prompt (or recompute) completes
@@ -15,8 +19,8 @@ gets a token (its first token the first time), a decoding request one more; a re
 ``expected_output_tokens`` tokens finishes and frees its blocks. A request added while an
 iteration runs joins the next one (an iteration starting exactly when a request arrives has
 already been scheduled without it; an idle engine starts when woken). Runs of identical
-pure-decode iterations are planned at once (fast-forward, see :mod:`sim.engine_decode`)
-with bit-identical results to planning them one by one.
+pure-decode iterations are planned at once (fast-forward, see
+:mod:`control_plane.engine.decode`) with bit-identical results to planning them one by one.
 
 Deliberate simplifications (vLLM behaviour not modelled):
 
@@ -44,13 +48,23 @@ from __future__ import annotations
 import heapq
 from collections import deque
 
+from control_plane.engine.config import EngineConfig, StepOutcome
+from control_plane.engine.decode import _DecodeRuns
+from control_plane.engine.kv_cache import BlockPool
+from control_plane.engine.scheduler import _Scheduler
+from control_plane.engine.seq import (
+    _DECODE,
+    _DONE,
+    _LAST,
+    _NONE,
+    _PREFILL,
+    _RUN,
+    _WAITING,
+    _cdiv,
+    _Seq,
+)
 from control_plane.perf.base import Batch, IterationPredictor
 from control_plane.types import EngineStats, Request
-from sim.engine_config import EngineConfig, StepOutcome
-from sim.engine_decode import _DecodeRuns
-from sim.engine_sched import _Scheduler
-from sim.engine_seq import _DECODE, _DONE, _LAST, _NONE, _PREFILL, _RUN, _WAITING, _cdiv, _Seq
-from sim.kv_cache import BlockPool
 
 __all__ = ["Engine", "EngineConfig", "StepOutcome"]
 
@@ -59,10 +73,13 @@ class Engine(_Scheduler, _DecodeRuns):
     """One engine: add requests, then alternate :meth:`start` (plan the next iteration or
     decode run from ``now``; returns its end time) and :meth:`complete` (at that end time:
     apply outputs). :meth:`step` does both; :meth:`add` / :meth:`abort` may come at any
-    time and cut a run in progress. ``fast_forward=False`` plans one iteration at a time."""
+    time and cut a run in progress. ``fast_forward=False`` plans one iteration at a time.
+    ``track_admissions``: log ``(request id, iteration start)`` of every request's first
+    admission in :attr:`admissions` (the caller drains it; vLLM's queue time)."""
 
     def __init__(self, config: EngineConfig, predictor: IterationPredictor, *,
-                 fast_forward: bool = True, _exact: bool = False) -> None:
+                 fast_forward: bool = True, track_admissions: bool = False,
+                 _exact: bool = False) -> None:
         self.config = config
         self._exact = _exact  # tests: always take the request-by-request path
         self.predictor = predictor
@@ -105,6 +122,7 @@ class Engine(_Scheduler, _DecodeRuns):
         self.preemptions = 0
         self.prefix_queries = 0
         self.prefix_hits = 0
+        self.admissions: list[tuple[str, float]] | None = [] if track_admissions else None
 
     # -- queries ------------------------------------------------------------------------
     @property
@@ -136,6 +154,20 @@ class Engine(_Scheduler, _DecodeRuns):
                 if pool.caching and self.prefix_queries else None)
         return EngineStats(len(self._running), self.n_waiting,
                            pool.used / pool.num_blocks, rate)
+
+    def output_tokens(self, request_id: str) -> int | None:
+        """Output tokens the request has produced so far (tokens recomputed after a
+        preemption are not produced again); None once it finished or was aborted, or if it
+        never came. Only between :meth:`complete` and the next :meth:`start` (a decoding
+        request's progress is implicit and counts the planned iterations)."""
+        if self._kind != _NONE:
+            raise RuntimeError("output_tokens() while an iteration is in progress")
+        seq = self._seqs.get(request_id)
+        if seq is None:
+            return None
+        if seq.state == _DECODE:
+            return seq.base + self.G + 1 - seq.prompt
+        return seq.num_tokens - seq.prompt
 
     def held_blocks(self) -> int:
         """Blocks held by requests, counted request by request (shared prefix blocks

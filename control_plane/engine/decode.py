@@ -9,9 +9,9 @@ crossings, with a heap of finishing steps), so a run costs O(block_size + log n)
 Consecutive pure-decode iterations over the same set of requests are timed from a common
 anchor (``anchor + decode_run_s(n, ctx, m)``) in both modes, so fast-forward and
 step-by-step runs give bit-identical times; a request arriving inside a run *cuts* it at the
-end of the iteration in progress (:meth:`sim.engine.Engine.add`).
+end of the iteration in progress (:meth:`control_plane.engine.Engine.add`).
 
-:class:`_DecodeRuns` holds the methods of :class:`sim.engine.Engine` that plan, time,
+:class:`_DecodeRuns` holds the methods of :class:`control_plane.engine.Engine` that plan, time,
 materialize and cut a run, and keep the implicit decode state (``G``, the per-residue
 counts, the finishing heap) up to date as requests enter and leave decoding. The state
 itself is initialised in ``Engine.__init__``.
@@ -23,12 +23,13 @@ import heapq
 from bisect import bisect_right
 from itertools import accumulate
 
+from control_plane.engine.seq import _DECODE, _RUN, _STEP, _Seq
 from control_plane.perf.base import Batch
-from sim.engine_seq import _DECODE, _RUN, _STEP, _Seq
 
 
 class _DecodeRuns:
-    """Mixin of :class:`sim.engine.Engine`: decode runs and the implicit decode state."""
+    """Mixin of :class:`control_plane.engine.Engine`: decode runs and the implicit decode
+    state."""
 
     # -- the run in progress ------------------------------------------------------------
     def _bound(self, j: int) -> float:

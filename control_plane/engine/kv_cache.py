@@ -8,9 +8,10 @@ Follows vLLM v1's ``BlockPool`` / ``KVCacheManager``:
   request's blocks are appended to the tail in *reverse* order, so its last blocks are
   evicted first and a surviving cached prefix stays contiguous.
 - A full block of a prompt is identified by a key derived from the request's
-  ``prefix_hashes`` (see :mod:`sim.engine`); a new request hits the longest run of leading
-  keys present in the cache, capped at ``num_tokens - 1`` tokens (the last token is always
-  recomputed). A hit on a free cached block takes it out of the free queue.
+  ``prefix_hashes`` (see :mod:`control_plane.engine.engine`); a new request hits the
+  longest run of leading keys present in the cache, capped at ``num_tokens - 1`` tokens
+  (the last token is always recomputed). A hit on a free cached block takes it out of the
+  free queue.
 
 Representation (for speed): the free queue holds *segments* ``[count, kind, ref]`` rather
 than single blocks: ``PLAIN`` runs of blocks without a reusable identity (adjacent runs are

@@ -1,4 +1,4 @@
-"""Per-request state inside the engine model (:mod:`sim.engine`).
+"""Per-request state inside the engine model (:mod:`control_plane.engine.engine`).
 
 A :class:`_Seq` is one request from the moment it reaches the engine until it finishes or
 is aborted: its lifecycle state (waiting, prefilling, decoding, finishing), its progress in
@@ -7,7 +7,7 @@ blocks of its own kept after a preemption ``own_seg``) and its outputs. It is or
 the priority waiting queue by ``(priority, arrival, engine arrival order)``.
 
 A decoding request's progress is implicit: its computed tokens are ``base + G`` for the
-engine's step counter ``G`` (see :mod:`sim.engine_decode`), so ``computed`` and ``held``
+engine's step counter ``G`` (see :mod:`control_plane.engine.decode`), so ``computed`` and ``held``
 are stale while it decodes.
 """
 

@@ -16,7 +16,7 @@ Each iteration (``schedule`` in vLLM's ``vllm/v1/core/sched/scheduler.py``):
    rest of its tokens as the budget allows (without chunked prefill it must fit whole), if
    its blocks can be allocated; otherwise admission stops (head-of-line).
 
-:class:`_Scheduler` holds the methods of :class:`sim.engine.Engine` that do this: a fast
+:class:`_Scheduler` holds the methods of :class:`control_plane.engine.Engine` that do this: a fast
 path (every decode fits, prefills after the decodes, nothing preempted), the general path
 request by request with preemption, admission from the waiting queue with prefix-cache
 lookups and block registration, and freeing a request's blocks (preempt, finish). The
@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import heapq
 
+from control_plane.engine.seq import _DECODE, _DONE, _PREFILL, _WAITING, _cdiv, _Seq
 from control_plane.perf.base import Batch
-from sim.engine_seq import _DECODE, _DONE, _PREFILL, _WAITING, _cdiv, _Seq
 
 
 class _Scheduler:
-    """Mixin of :class:`sim.engine.Engine`: scheduling, admission and preemption."""
+    """Mixin of :class:`control_plane.engine.Engine`: scheduling, admission and
+    preemption."""
 
     def _schedule(self, now: float) -> bool:
         cfg, B, G = self.config, self._B, self.G
@@ -82,7 +83,7 @@ class _Scheduler:
             seq.computed = c + num_new
             sched.append(seq)
         if budget > 0 and self.n_waiting:
-            budget, t, a = self._admit(budget, sched)
+            budget, t, a = self._admit(budget, sched, now)
             ptok += t
             patt += a
         self.G = G + 1
@@ -131,8 +132,9 @@ class _Scheduler:
         seq.keys = keys
         seq.nkeys = len(keys)
 
-    def _admit(self, budget: int, sched: list[_Seq]) -> tuple[int, int, int]:
-        """vLLM's waiting loop. Returns (budget left, prefill tokens, attention pairs)."""
+    def _admit(self, budget: int, sched: list[_Seq], now: float) -> tuple[int, int, int]:
+        """vLLM's waiting loop (the iteration starts at ``now``). Returns (budget left,
+        prefill tokens, attention pairs)."""
         cfg, B, pool = self.config, self._B, self.pool
         max_seqs = cfg.max_num_seqs
         thr = cfg.long_prefill_token_threshold
@@ -189,8 +191,10 @@ class _Scheduler:
             seq.held = hit_blocks + nb
             seq.kh = h
             seq.computed = hit_tokens
-            if seq.cached_tokens < 0:
+            if seq.cached_tokens < 0:  # first admission
                 seq.cached_tokens = hit_tokens
+                if self.admissions is not None:
+                    self.admissions.append((seq.rid, now))
             self.prefix_queries += seq.num_tokens
             self.prefix_hits += hit_tokens
             if h < seq.nkeys:
@@ -282,7 +286,7 @@ class _Scheduler:
                 seq.computed = c + num_new
                 sched.append(seq)
         if not preempted and budget > 0 and self.n_waiting:
-            budget, t, a = self._admit(budget, sched)
+            budget, t, a = self._admit(budget, sched, now)
             ptok += t
             patt += a
         self._max_dec_pos = max((s.pos for s in self._running.values() if s.state == _DECODE),

