@@ -12,8 +12,9 @@ each request's latency (non-streamed) or its time to the end of the stream (stre
 Checks: before a probe the engine must be idle (nobody else may use it during
 calibration). A probe whose requests did not overlap as designed (a prefill probe's
 background ended before the joining request ran; a decode window saw a request start or
-end, or an iteration with other than ``B`` tokens) is retried with longer requests, up to
-``retries`` times, then dropped; so is one with preemptions. Prefix-cache hits are counted
+end, or an iteration with other than ``B`` tokens; preemptions) is retried, up to
+``retries`` times (a prefill probe with a longer background, one with preemptions with
+shorter outputs), then dropped. Prefix-cache hits are counted
 (prompts are random: there should be none). Rows and fit: :mod:`live.calibrate_result`.
 
 A fast engine (iterations of about a millisecond, the tiny model on CPU) outruns vLLM's
@@ -80,9 +81,9 @@ class CalibrationConfig:
     decode_probe_s: float = 0.1        # a decode window lasts at least this
     decode_run_s: float = 0.5          # decode requests' outputs last about this long
     background_s: float = 1.0          # a prefill probe's background decodes at least this
-                                       # long (and 4 prefills), doubled after a miss
-    budget_s: float | None = None      # no new round once this much time would be exceeded
-    settle_timeout_s: float = 30.0       # a loaded API server reports seconds late
+                                       # long (and 4 prefills); x2 after a miss, up to x4
+    budget_s: float | None = None      # seconds of probes (see calibrate)
+    settle_timeout_s: float = 30.0     # a loaded API server reports seconds late
     poll_s: float = 0.025              # between scrapes while waiting (vLLM spends ~4 ms of
                                        # API-server CPU on one: do not compete with the engine)
 

@@ -19,7 +19,9 @@ one profile row (format in :mod:`control_plane.perf.profile`):
   iteration's full period, from one output to the next) and the sequences' total context
   (``B * L`` + the tokens generated so far, from the generation counter, averaged over the
   window). Then the requests are cancelled (the engine aborts them). Checks: in the window
-  no request started or finished and each iteration scheduled exactly ``B`` tokens.
+  no request started or finished and each iteration scheduled exactly ``B`` tokens. (When
+  the API server reports the run only after its end, the whole runs are measured instead,
+  see :mod:`live.calibrate`.)
 
 Prompts are distinct random token ids (never a prefix-cache hit); output lengths are exact.
 Limits (:class:`EngineLimits`) drop infeasible points: ``P`` at most

@@ -96,7 +96,7 @@ class EngineClient:
     # -- life cycle -------------------------------------------------------------------
     async def start(self) -> None:
         if self._session is None:
-            conn = aiohttp.TCPConnector(limit=self.max_connections, keepalive_timeout=75,
+            conn = aiohttp.TCPConnector(limit=self.max_connections, keepalive_timeout=4,
                                         ttl_dns_cache=300)
             self._session = aiohttp.ClientSession(connector=conn,
                                                   timeout=self._request_timeout)

