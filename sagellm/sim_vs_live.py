@@ -4,7 +4,9 @@
 ``source`` (``sim`` or a live source), ``load`` and ``router``:
 
 - from a fidelity results folder (``benchmarks/fidelity.py``: the simulator and real vLLM
-  engines behind the gateway, on the same requests), read by :func:`read_fidelity_folder`;
+  engines behind the gateway, on the same requests; :func:`sagellm.fidelity.write_records`
+  writes ``load=<load>/router=<router>/source=<sim|live>.parquet``), read by
+  :func:`read_fidelity_folder`;
 - when there is none, from a small run that needs no vLLM
   (:func:`sagellm.emulated_fidelity.compare_emulated`: the gateway over emulated engines),
   and its note says so: those are not real-engine results.

@@ -38,6 +38,19 @@ def test_labels_come_from_columns_or_the_path(tmp_path):
         ("live", 0.5, "rr"): 3, ("sim", 0.5, "rr"): 3}
 
 
+def test_reads_the_layout_the_fidelity_benchmark_writes(tmp_path):
+    from sagellm.fidelity import write_records
+
+    recs = [RequestRecord(request_id="a", arrival_s=0.0, prompt_tokens=5, output_tokens=2,
+                          instance_id="e", dispatch_s=0.0, first_token_s=0.1, finish_s=0.3)]
+    for source in ("sim", "live"):
+        write_records(tmp_path, 0.8, "least_loaded", source, recs)
+    (tmp_path / "fidelity_cdfs.png").write_bytes(b"")  # other files are left alone
+    df = read_fidelity_folder(tmp_path)
+    assert sorted(df[["source", "load", "router"]].itertuples(index=False, name=None)) == [
+        ("live", 0.8, "least_loaded"), ("sim", 0.8, "least_loaded")]
+
+
 def test_records_without_labels_are_an_error_naming_the_file(tmp_path):
     _records(2, 0.1).to_parquet(tmp_path / "run.parquet")
     with pytest.raises(ValueError, match=r"run\.parquet.*'source'"):
