@@ -57,7 +57,6 @@ from sagellm.profiled import load_profile  # noqa: E402
 
 TRACE = ROOT.parent / "shared" / "traces" / "azure_llm_2023_conv.csv"
 TARGETS = {"e2e_p50": 0.05, "ttft_p90": 0.15, "throughput": 0.03}
-NAMES = ("engine-0", "engine-1")
 _BLOCKS = re.compile(r'vllm:cache_config_info\{[^}]*num_gpu_blocks="(\d+)"')
 _BLOCK_SIZE = re.compile(r'vllm:cache_config_info\{[^}]*block_size="(\d+)"')
 
@@ -110,10 +109,12 @@ def run(args) -> dict:
                              max_prompt=args.max_prompt, max_output=args.max_output,
                              skip=args.skip)
     model = f"llama-{args.size}"
+    names = [f"engine-{k}" for k in range(args.engines)]
     specs = [EngineSpec(name=n, model=str(model_dir), port=0, served_model_name=model,
                         cpu_cores=str(k), prompt_tokens_details=False, max_num_seqs=seqs,
-                        extra_args=("--max-num-batched-tokens", str(batched)))
-             for k, n in enumerate(NAMES)]
+                        extra_args=("--max-num-batched-tokens", str(batched),
+                                    *args.engine_arg))
+             for k, n in enumerate(names)]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     runs = []
@@ -125,7 +126,7 @@ def run(args) -> dict:
         engine = {"max_num_seqs": seqs, "max_num_batched_tokens": batched}
         if kv is not None:
             engine.update(kv_capacity_tokens=kv[0], block_size=kv[1])
-        insts = sim_instances(profile, NAMES, engine)
+        insts = sim_instances(profile, names, engine)
         cap = capacity_rps(insts, work)
         delay = predictor.request_ttft_overhead_s / 2
         for load in args.loads:
@@ -157,7 +158,8 @@ def run(args) -> dict:
             "target_failures": fails,
             "setup": {"trace": work.source, "requests": args.requests, "profile": profile,
                       "model": model, "capacity_rps": round(cap, 4),
-                      "engine": {**engine, "cores": "0, 1"},
+                      "engine": {**engine, "engines": args.engines,
+                                 "cores": ", ".join(s.cpu_cores for s in specs)},
                       "profile_fit_holdout_err_median": meta.get("fit_holdout_rel_err_median"),
                       "network_delay_s": round(delay, 6), "wall_s": round(
                           time.monotonic() - t0, 1), "out": str(out)}}
@@ -185,7 +187,11 @@ def main() -> int:
     ap.add_argument("--size", choices=("tiny", "small"), default="small")
     ap.add_argument("--profile", help="profile CSV or built-in name "
                     "[default: vllm-cpu-llama-<size>]")
+    ap.add_argument("--engines", type=int, default=2, help="engines, one per core from 0")
     ap.add_argument("--requests", type=int, default=150)
+    ap.add_argument("--engine-arg", action="append", default=[],
+                    help="extra vLLM server argument (repeatable), e.g. "
+                    "--engine-arg=--distributed-executor-backend --engine-arg=uni")
     ap.add_argument("--skip", type=int, default=0, help="trace rows skipped first")
     ap.add_argument("--loads", type=lambda s: [float(x) for x in s.split(",")],
                     default=[0.5, 0.8, 1.1])

@@ -158,8 +158,8 @@ def sim_cmd(config_path, policies, routers, model, gpu, count, tp, pp, max_num_s
     if scrape_interval:
         sim_config = dataclasses.replace(sim_config, scrape_interval_s=scrape_interval,
                                          tick_interval_s=scrape_interval)
-    make_requests, heading = _workload(exp, config_path, requests, rate, seed, trace_path,
-                                       fmt, skip_bad, rate_scale)
+    make_requests, heading, hash_block = _workload(exp, config_path, requests, rate, seed,
+                                                   trace_path, fmt, skip_bad, rate_scale)
     service_model = None
     if service == "request":
         if failures:
@@ -176,7 +176,8 @@ def sim_cmd(config_path, policies, routers, model, gpu, count, tp, pp, max_num_s
         try:
             result = simulate(make_requests(), instances, policy=policy, router=router,
                               control=exp.control, model=service_model, config=sim_config,
-                              failures=failures)
+                              failures=failures,
+                              hash_block_size=None if service_model else hash_block)
         except ValueError as exc:
             raise click.ClickException(str(exc)) from exc
         label = f"{spec_label(policy)} / {spec_label(router)}"
@@ -203,7 +204,7 @@ def _describe(instances) -> str:
 
 
 def _workload(exp: Experiment, config_path, requests, rate, seed, trace_path, fmt, skip_bad,
-              rate_scale) -> tuple[Callable[[], Iterable[Request]], str]:
+              rate_scale) -> tuple[Callable[[], Iterable[Request]], str, int | None]:
     w = exp.workload
     r = rate or w.rate_per_s
     s = w.seed if seed is None else seed
@@ -212,10 +213,10 @@ def _workload(exp: Experiment, config_path, requests, rate, seed, trace_path, fm
         trace = _trace_workload(trace_path, fmt or w.format, skip_bad or w.skip_bad,
                                 requests or w.requests, r, s, rate_scale or w.rate_scale)
         return trace.requests, (f"{trace.name}: {len(trace)} requests over "
-                                f"{trace.duration_s:,.0f} s")
+                                f"{trace.duration_s:,.0f} s"), trace.block_size
     n = requests or w.requests or SYNTHETIC_REQUESTS
 
     def make() -> Iterable[Request]:
         return poisson_mix(n, r, seed=s)
 
-    return make, f"{n} requests at {r:g}/s (seed {s})"
+    return make, f"{n} requests at {r:g}/s (seed {s})", None

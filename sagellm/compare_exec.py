@@ -46,7 +46,7 @@ def simulate_run(spec: RunSpec) -> bytes:
     config = dataclasses.replace(spec.sim, keep_records=True, keep_series=False)
     result = simulate(trace.requests(), spec.instances, policy=spec.policy,
                       router=spec.router, control=spec.control, config=config,
-                      failures=spec.failures)
+                      failures=spec.failures, hash_block_size=trace.block_size)
     meta = {"key": spec.key, "params": dict(spec.params), "end_s": result.end_s,
             "instances": [dataclasses.asdict(s) for s in result.instances]}
     return encode_run(result.records, meta)

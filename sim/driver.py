@@ -23,6 +23,7 @@ workload iterable is consumed lazily (pass a generator, e.g. ``Trace.requests()`
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -182,8 +183,13 @@ def simulate(requests: Iterable[Request], instances: Iterable[InstanceSpec | Ins
              control: ControlPlaneConfig | dict | None = None,
              model: EngineModel | RequestLevelModel | None = None,
              config: SimConfig | None = None,
-             failures: Iterable[tuple[str, float, float | None]] = ()) -> SimResult:
+             failures: Iterable[tuple[str, float, float | None]] = (),
+             hash_block_size: int | None = None) -> SimResult:
     """Run the workload to completion (every request finished, rejected or failed).
+
+    ``hash_block_size``: tokens per block of the requests' ``prefix_hashes`` (a Trace's
+    ``block_size``, e.g. 512 for Mooncake); engines whose ``EngineConfig.hash_block_size`` is
+    None take it (else they read the hashes as their own 16-token blocks).
 
     ``instances``: InstanceSpecs (engine settings from ``model``) or InstanceSims.
     ``model``: None or an :class:`EngineModel` (iteration-level engines, the default) or a
@@ -208,6 +214,10 @@ def simulate(requests: Iterable[Request], instances: Iterable[InstanceSpec | Ins
     if not isinstance(model, EngineModel):
         raise TypeError(f"model must be an EngineModel or a RequestLevelModel, got {model!r}")
     sims = [x if isinstance(x, InstanceSim) else model.instance_for(x) for x in instances]
+    if hash_block_size is not None:
+        sims = [dataclasses.replace(x, engine=dataclasses.replace(
+                    x.engine, hash_block_size=hash_block_size))
+                if x.engine.hash_block_size is None else x for x in sims]
     specs = tuple(x.spec for x in sims)
     cp = ControlPlane(specs, policy=policy, router=router, config=control)
     run = ClusterRun(cp, sims, config, failures)

@@ -232,3 +232,18 @@ def test_health_timeout_retries_abort_work_on_live_engines(monkeypatch):
     assert any(r.status == "ok" and r.attempts > 1 for r in res.records)
     for eng in engines:
         assert not eng.has_work() and eng.pool.used == 0
+
+
+def test_trace_hash_block_size_reaches_the_engines():
+    # two 512-token hash blocks shared by both prompts; the second arrives after the first
+    hashes = (11, 22)
+    reqs = [req("a", 0.0, prompt=1100, output=2, prefix=hashes),
+            req("b", 5.0, prompt=1100, output=2, prefix=hashes)]
+    spec = InstanceSpec("i0", kv_capacity_tokens=100_000)
+
+    def cached(**kw):
+        res = simulate(reqs, [spec], **kw)
+        return {r.request_id: r.cached_prompt_tokens for r in res.records}
+
+    assert cached(hash_block_size=512) == {"a": 0, "b": 1024}
+    assert cached() == {"a": 0, "b": 32}  # read as the engine's own 16-token blocks
