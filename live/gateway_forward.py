@@ -175,6 +175,15 @@ def _retry(gw: Gateway, p: Pending, error: str) -> None:
                               Outcome(ok=False, retryable=True, error=error)))
 
 
+def _retry_lost(gw: Gateway, p: Pending, iid: str, stage: str, what: str,
+                exc: BaseException) -> None:
+    """The engine's connection failed before anything reached the client: count it under
+    ``stage``, probe the engine's health now and report a retryable failure."""
+    gw.metrics.upstream_error(iid, stage)
+    gw.probe(iid)
+    _retry(gw, p, f"{iid}: {what}: {type(exc).__name__}: {exc}")
+
+
 def _record_failure(gw: Gateway, p: Pending, cause: str, detail: str, now: float) -> None:
     """Record ``p`` as failed, once."""
     if not p.recorded:
@@ -219,10 +228,7 @@ async def _attempt(gw: Gateway, http: HttpRequest, p: Pending, iid: str
     try:
         up = await client.forward(p.body.kind, p.body.forward)
     except _NET_ERRORS as exc:
-        gw.metrics.upstream_error(iid, "connect")
-        gw.probe(iid)
-        _retry(gw, p, f"{iid}: cannot connect to {client.base_url}: "
-                      f"{type(exc).__name__}: {exc}")
+        _retry_lost(gw, p, iid, "connect", f"cannot connect to {client.base_url}", exc)
         return None
     try:
         if up.status != 200:
@@ -244,9 +250,7 @@ async def _attempt(gw: Gateway, http: HttpRequest, p: Pending, iid: str
         try:
             data = await up.read()
         except _NET_ERRORS as exc:
-            gw.metrics.upstream_error(iid, "before_first_byte")
-            gw.probe(iid)
-            _retry(gw, p, f"{iid}: response cut before its end: {type(exc).__name__}: {exc}")
+            _retry_lost(gw, p, iid, "before_first_byte", "response cut before its end", exc)
             return None
         out, prompt, cached = _usage(data)
         _complete(gw, p, out or 0, prompt, cached, streamed=False)
@@ -270,10 +274,8 @@ async def _stream(gw: Gateway, http: HttpRequest, p: Pending, iid: str,
             if cut < 0 and len(buf) > _MAX_EVENT:
                 raise UpstreamError(f"no SSE event in {len(buf)} bytes")
     except _NET_ERRORS as exc:
-        gw.metrics.upstream_error(iid, "before_first_byte")
-        gw.probe(iid)
-        _retry(gw, p, f"{iid}: stream failed before its first event: "
-                      f"{type(exc).__name__}: {exc}")
+        _retry_lost(gw, p, iid, "before_first_byte", "stream failed before its first event",
+                    exc)
         return None
     p.first_s = gw.now()
     resp = StreamResponse(200, {**_SSE_HEADERS, **gw.reply_headers(p)})
