@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 from control_plane.records import STATUSES, RequestRecord
 from control_plane.summary_core import Summary, SummaryColumns, summarize_columns
 from control_plane.types import SLO, InstanceSpec
+from sagellm.results import records_frame
 
 __all__ = ["META_KEY", "RUNS_DIR", "SCHEMA", "VERSION", "encode_run", "read_run", "run_meta",
            "summarize_run", "summary_columns", "summary_row", "write_atomic"]
@@ -47,7 +48,7 @@ _SLO_COLS = ("slo_ttft_s", "slo_tpot_s", "slo_e2e_s")
 
 def encode_run(records: list[RequestRecord], meta: dict[str, Any]) -> bytes:
     """The Parquet file of one run, as bytes (workers return these; the parent writes)."""
-    df = pd.DataFrame([r.to_dict() for r in records], columns=list(RequestRecord.FIELDS))
+    df = records_frame(records)
     table = pa.Table.from_pandas(df, schema=SCHEMA, preserve_index=False)
     meta = {**meta, "version": VERSION, "rows": len(df)}
     table = table.replace_schema_metadata({META_KEY: json.dumps(meta, sort_keys=True)})

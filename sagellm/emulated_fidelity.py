@@ -41,6 +41,7 @@ from live.emulate_api import EmulatorServer
 from live.gateway import Gateway, GatewayConfig
 from live.replay import ReplayConfig, replay
 from sagellm.capacity import cluster_capacity_rps
+from sagellm.results import records_frame
 from sim import InstanceSim, SimConfig, simulate
 from workloads import Uniform, arrivals, shared_system_prompts, transform
 from workloads.trace import Trace
@@ -130,7 +131,7 @@ def _run_live(requests: list[Request], setup: EmulatedSetup, policy: object,
 
 
 def _frame(records: list[RequestRecord], **labels: object) -> pd.DataFrame:
-    df = pd.DataFrame([r.to_dict() for r in records], columns=list(RequestRecord.FIELDS))
+    df = records_frame(records)
     for k, (name, value) in enumerate(labels.items()):
         df.insert(k, name, value)
     return df

@@ -38,12 +38,13 @@ from control_plane.types import Request
 from sagellm.capacity import cluster_capacity_rps
 from sagellm.latency_cdfs import latencies
 from sagellm.profiled import profiled_instances
+from sagellm.results import records_frame
 from sim import SimConfig, simulate
 from sim.config import InstanceSim
 from workloads import read_trace
 
 __all__ = ["FIELDS", "FidelityWorkload", "capacity_rps", "fidelity_workload", "figures",
-           "records_frame", "rel_errors", "sim_instances", "sim_records", "write_records"]
+           "rel_errors", "sim_instances", "sim_records", "write_records"]
 
 FIELDS = ("ttft_p50", "ttft_p90", "tpot_p50", "e2e_p50", "e2e_p90", "throughput")
 
@@ -112,10 +113,6 @@ def sim_records(requests: Sequence[Request], instances: Sequence[InstanceSim], *
     cfg = SimConfig(scrape_interval_s=scrape_interval_s, tick_interval_s=tick_interval_s,
                     network_delay_s=network_delay_s)
     return simulate(requests, instances, policy=policy, router=router, config=cfg).records
-
-
-def records_frame(records: Sequence[RequestRecord]) -> pd.DataFrame:
-    return pd.DataFrame([r.to_dict() for r in records])
 
 
 def figures(records: Sequence[RequestRecord] | pd.DataFrame) -> dict[str, float]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import pandas as pd
@@ -20,9 +20,14 @@ from control_plane.metrics import Summary
 from control_plane.records import RequestRecord
 from sim import SimResult
 
-__all__ = ["FORMATS", "write_run", "write_summaries"]
+__all__ = ["FORMATS", "records_frame", "write_run", "write_summaries"]
 
 FORMATS = ("parquet", "csv")
+
+
+def records_frame(records: Iterable[RequestRecord]) -> pd.DataFrame:
+    """One row per record, the columns of ``RequestRecord.FIELDS`` (also when empty)."""
+    return pd.DataFrame([r.to_dict() for r in records], columns=list(RequestRecord.FIELDS))
 
 
 def _write(df: pd.DataFrame, path: Path, fmt: str) -> Path:
@@ -43,8 +48,7 @@ def write_run(out_dir: Path, name: str, result: SimResult, fmt: str = "parquet")
     written = []
     records = result.records
     if records:
-        df = pd.DataFrame([r.to_dict() for r in records], columns=list(RequestRecord.FIELDS))
-        written.append(_write(df, out_dir / f"{name}.records", fmt))
+        written.append(_write(records_frame(records), out_dir / f"{name}.records", fmt))
     if result.series:
         frames = []
         for iid, s in result.series.items():
