@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from contextlib import asynccontextmanager
 
 import pytest
 
@@ -13,8 +14,10 @@ from tests.live.harness import run
 OK = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
 
 
-async def _serve(script):
-    """A server running ``script(reader, writer, n)`` per connection (n: 0, 1, ...)."""
+@asynccontextmanager
+async def _engine(script, **pool_kw):
+    """A server running ``script(reader, writer, n)`` per connection (n: 0, 1, ...) and a
+    pool to it; yields (pool, number of connections so far)."""
     count = 0
 
     async def handle(r, w):
@@ -27,7 +30,12 @@ async def _serve(script):
             w.close()
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    return server, server.sockets[0].getsockname()[1], lambda: count
+    pool = UpstreamPool(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", **pool_kw)
+    try:
+        yield pool, lambda: count
+    finally:
+        await pool.close()
+        server.close()
 
 
 async def _read_request(r) -> bytes:
@@ -51,9 +59,7 @@ def test_keep_alive_reuses_one_connection_and_sends_the_body():
                     return
                 w.write(OK)
 
-        server, port, conns = await _serve(script)
-        pool = UpstreamPool(f"http://127.0.0.1:{port}")
-        try:
+        async with _engine(script) as (pool, conns):
             for i in range(3):
                 resp = await pool.post("/v1/completions", b'{"i": %d}' % i)
                 assert resp.status == 200
@@ -63,9 +69,6 @@ def test_keep_alive_reuses_one_connection_and_sends_the_body():
             assert conns() == 1
             assert seen[2].startswith(b"POST /v1/completions HTTP/1.1\r\n")
             assert seen[2].endswith(b'\r\n\r\n{"i": 2}')
-        finally:
-            await pool.close()
-            server.close()
     run(go())
 
 
@@ -82,18 +85,13 @@ def test_chunked_stream_arrives_piece_by_piece():
             w.write(b"8\r\ndata: 2\n\r\n0\r\n\r\n")
             await w.drain()
 
-        server, port, _ = await _serve(script)
-        pool = UpstreamPool(f"http://127.0.0.1:{port}")
-        try:
+        async with _engine(script) as (pool, _):
             resp = await pool.post("/v1/completions", b"{}")
             assert await resp.readany() == b"data: 1\n"  # before the rest was sent
             release.set()
             assert await resp.readany() == b"data: 2\n"
             assert await resp.readany() == b""
             resp.release()
-        finally:
-            await pool.close()
-            server.close()
     run(go())
 
 
@@ -112,18 +110,13 @@ def test_a_connection_the_engine_closed_while_idle_is_replaced_transparently():
                     return
                 w.write(OK)
 
-        server, port, conns = await _serve(script)
-        pool = UpstreamPool(f"http://127.0.0.1:{port}")
-        try:
+        async with _engine(script) as (pool, conns):
             for _ in range(2):
                 resp = await pool.post("/x", b"{}")
                 assert (resp.status, await resp.read()) == (200, b"{}")
                 resp.release()
                 await asyncio.sleep(0.05)
             assert conns() == 2
-        finally:
-            await pool.close()
-            server.close()
     run(go())
 
 
@@ -133,17 +126,12 @@ def test_cut_response_raises_and_the_connection_is_not_reused():
             await _read_request(r)
             w.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial")
 
-        server, port, _ = await _serve(script)
-        pool = UpstreamPool(f"http://127.0.0.1:{port}")
-        try:
+        async with _engine(script) as (pool, _):
             resp = await pool.post("/x", b"{}")
             with pytest.raises(UpstreamError, match="before the response ended"):
                 await resp.read()
             resp.release()
             assert pool._idle == []
-        finally:
-            await pool.close()
-            server.close()
     run(go())
 
 
@@ -153,14 +141,9 @@ def test_silent_engine_times_out_and_unreachable_engine_is_named():
             await _read_request(r)
             await asyncio.sleep(5)
 
-        server, port, _ = await _serve(script)
-        pool = UpstreamPool(f"http://127.0.0.1:{port}", read_s=0.1)
-        try:
+        async with _engine(script, read_s=0.1) as (pool, _):
             with pytest.raises(TimeoutError, match=r"sent nothing for 0\.1 s"):
                 await pool.post("/x", b"{}")
-        finally:
-            await pool.close()
-            server.close()
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             dead = s.getsockname()[1]
@@ -176,16 +159,11 @@ def test_error_body_read_is_bounded_and_https_is_refused():
             await _read_request(r)
             w.write(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 1000\r\n\r\n" + b"e" * 1000)
 
-        server, port, _ = await _serve(script)
-        pool = UpstreamPool(f"http://127.0.0.1:{port}")
-        try:
+        async with _engine(script) as (pool, _):
             resp = await pool.post("/x", b"{}")
             assert resp.status == 400
             assert await resp.read(10) == b"e" * 10
             resp.release()
-        finally:
-            await pool.close()
-            server.close()
     run(go())
     with pytest.raises(ValueError, match="plain http"):
         UpstreamPool("https://127.0.0.1:1")
