@@ -46,11 +46,11 @@ from control_plane.types import EngineStats, Health, Request
 from live.client import EngineClient, EngineTimeouts, normalize_url
 from live.gateway_admin import add_routes
 from live.gateway_body import CHAT, COMPLETIONS, BodyError, parse_body
-from live.gateway_forward import end_stream, error_response, release, serve_request
+from live.gateway_forward import end_stream, release, serve_request
 from live.gateway_monitor import HealthChecker, Ticker
 from live.gateway_records import DONE, INFLIGHT, QUEUED, Pending, RecordRing, slo_met
 from live.headers import ATTEMPTS, INSTANCE, REQUEST_ID, HeaderError, parse_hints
-from live.http_server import HttpRequest, HttpServer, Response, StreamResponse
+from live.http_server import HttpRequest, HttpServer, Response, StreamResponse, error_json
 from live.metrics_scrape import MetricsScraper
 from live.prom import GatewayMetrics
 
@@ -309,18 +309,18 @@ class Gateway:
         try:
             hints = parse_hints(http.headers)
         except HeaderError as exc:
-            return error_response(400, str(exc), param=exc.header)
+            return error_json(400, str(exc), param=exc.header)
         try:
             body = parse_body(http.body, kind, chars_per_token=cfg.chars_per_token,
                               prefix_block_chars=cfg.prefix_block_chars,
                               priority=hints.priority if cfg.pass_priority else None)
         except BodyError as exc:
-            return error_response(400, str(exc), param=exc.param)
+            return error_json(400, str(exc), param=exc.param)
         rid = hints.request_id
         if rid is None:
             rid = self._next_id()
         elif rid in self.pending:
-            return error_response(409, f"header {REQUEST_ID}: {rid!r} is already queued or "
+            return error_json(409, f"header {REQUEST_ID}: {rid!r} is already queued or "
                                   f"in flight", param=REQUEST_ID)
         try:
             request = Request(
@@ -331,7 +331,7 @@ class Gateway:
                 prefix_hashes=body.prefix_hashes, slo=hints.slo,
                 cost_budget_usd=hints.cost_budget_usd)
         except ControlPlaneError as exc:
-            return error_response(400, str(exc), param=getattr(exc, "field", None))
+            return error_json(400, str(exc), param=getattr(exc, "field", None))
         p = Pending(request, body, asyncio.current_task())
         self.pending[rid] = p
         reason, cause = "the gateway ended the request", "gateway_error"
@@ -348,7 +348,7 @@ class Gateway:
             if p.started is not None:
                 await end_stream(p.started, reason)
                 return p.started
-            return error_response(500, reason, type_="internal_error",
+            return error_json(500, reason, type_="internal_error",
                                   headers=self.reply_headers(p))
         finally:
             release(self, p, reason, cause)

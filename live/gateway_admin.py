@@ -11,8 +11,7 @@ from typing import TYPE_CHECKING
 from control_plane.actions import PolicySwitch
 from control_plane.errors import ControlPlaneError
 from control_plane.types import Health
-from live.gateway_forward import error_response
-from live.http_server import HttpRequest, HttpServer, Response, json_response
+from live.http_server import HttpRequest, HttpServer, Response, error_json, json_response
 from live.prom import CONTENT_TYPE
 
 if TYPE_CHECKING:
@@ -52,7 +51,7 @@ async def models(gw: Gateway, http: HttpRequest) -> Response:
             if isinstance(m, dict) and isinstance(m.get("id"), str):
                 found.setdefault(m["id"], m)
     if not found:
-        return error_response(503, "no engine listed models: " + ("; ".join(errors) or
+        return error_json(503, "no engine listed models: " + ("; ".join(errors) or
                                                                   "no instance is up"),
                               type_="service_unavailable")
     return json_response({"object": "list", "data": list(found.values())})
@@ -73,7 +72,7 @@ def _denied(gw: Gateway, http: HttpRequest) -> Response | None:
     token = gw.config.admin_token
     if token is not None and not hmac.compare_digest(
             http.headers.get("authorization", "").encode(), f"Bearer {token}".encode()):
-        return error_response(401, "admin endpoints need 'Authorization: Bearer <token>'",
+        return error_json(401, "admin endpoints need 'Authorization: Bearer <token>'",
                               type_="authentication_error")
     return None
 
@@ -86,9 +85,9 @@ async def _admin_json(gw: Gateway, http: HttpRequest,
     try:
         data = json.loads(http.body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return None, error_response(400, f"request body is not valid JSON: {exc}")
+        return None, error_json(400, f"request body is not valid JSON: {exc}")
     if not isinstance(data, dict) or key not in data:
-        return None, error_response(400, f"{key} is required", param=key)
+        return None, error_json(400, f"{key} is required", param=key)
     return data, None
 
 
@@ -99,7 +98,7 @@ async def admin_policy(gw: Gateway, http: HttpRequest) -> Response:
     try:
         actions = gw.cp.set_policy(data["policy"], gw.now())
     except (ControlPlaneError, ValueError, TypeError) as exc:
-        return error_response(400, f"policy: {exc}", param="policy")
+        return error_json(400, f"policy: {exc}", param="policy")
     gw.execute(actions)
     sw = next(a for a in actions if type(a) is PolicySwitch)
     return json_response({"switch": {"at_s": sw.at_s, "from_policy": sw.from_policy,
@@ -115,7 +114,7 @@ async def admin_router(gw: Gateway, http: HttpRequest) -> Response:
     try:
         actions = gw.cp.set_router(data["router"], gw.now())
     except (ControlPlaneError, ValueError, TypeError) as exc:
-        return error_response(400, f"router: {exc}", param="router")
+        return error_json(400, f"router: {exc}", param="router")
     gw.execute(actions)
     return json_response({"from_router": old, "to_router": gw.cp.router.name})
 
@@ -126,13 +125,13 @@ async def admin_health(gw: Gateway, http: HttpRequest) -> Response:
         return err
     iid, value = data.get("instance"), data.get("health")
     if not isinstance(iid, str) or iid not in gw.cp.cluster:
-        return error_response(400, f"instance: unknown {iid!r}; known: "
+        return error_json(400, f"instance: unknown {iid!r}; known: "
                               f"{[v.instance_id for v in gw.cp.cluster.instances]}",
                               param="instance")
     try:
         health = Health(value)
     except ValueError:
-        return error_response(400, f"health must be up, draining or down, got {value!r}",
+        return error_json(400, f"health must be up, draining or down, got {value!r}",
                               param="health")
     gw.execute(gw.cp.set_health(iid, health, gw.now(), "admin"))
     return json_response({"instance": iid, "health": health.value})

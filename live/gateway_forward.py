@@ -45,7 +45,7 @@ from live.upstream import UpstreamError, UpstreamResponse
 if TYPE_CHECKING:
     from live.gateway import Gateway
 
-__all__ = ["REJECT_STATUS", "end_stream", "error_response", "release", "serve_request"]
+__all__ = ["REJECT_STATUS", "end_stream", "release", "serve_request"]
 
 REJECT_STATUS = {
     RejectCause.QUEUE_FULL: 429, RejectCause.SHED: 429, RejectCause.PREEMPTED: 429,
@@ -61,9 +61,6 @@ _PROMPT = re.compile(rb'"prompt_tokens"\s*:\s*(\d+)')
 _CACHED = re.compile(rb'"cached_tokens"\s*:\s*(\d+)')
 _NO_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
 _SSE_HEADERS = {"content-type": "text/event-stream", "cache-control": "no-cache"}
-
-
-error_response = error_json  # an OpenAI-style JSON error
 
 
 def _usage(data: bytes) -> tuple[int | None, int | None, int]:
@@ -126,7 +123,7 @@ async def serve_request(gw: Gateway, http: HttpRequest, p: Pending
         if p.reject is not None:
             a = p.reject
             status = REJECT_STATUS.get(a.cause, 503)
-            return error_response(status, a.reason, type_="request_rejected",
+            return error_json(status, a.reason, type_="request_rejected",
                                   code=a.cause.value, headers=gw.reply_headers(p))
         if not p.ready:
             p.waiter = loop.create_future()
