@@ -14,8 +14,6 @@ calibrated roofline, a measured profile table (``--profile``), or a linear predi
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
 
 import click
@@ -34,6 +32,7 @@ from control_plane.perf import (
 )
 from live.emulate import EmulatedEngine
 from live.emulate_api import EmulatorServer
+from live.serve import run_until_signalled
 from sim.hardware import instances_for
 
 __all__ = ["build_engine", "emulate_cmd", "parse_predictor"]
@@ -119,8 +118,9 @@ def build_engine(model: str, gpu: str, parallel: ParallelConfig, engine: EngineC
     return engine, pred, what
 
 
-async def _serve(servers: list[EmulatorServer], host: str, ports: list[int]) -> None:
-    try:
+def _serve(servers: list[EmulatorServer], host: str, ports: list[int]) -> None:
+    """Serve until SIGINT / SIGTERM, then close every server (:mod:`live.serve`)."""
+    async def start() -> None:
         for s, p in zip(servers, ports, strict=True):
             try:
                 await s.listen(host, p)
@@ -128,10 +128,12 @@ async def _serve(servers: list[EmulatorServer], host: str, ports: list[int]) -> 
                 raise click.ClickException(f"cannot listen on {host}:{p}: {exc}") from exc
             click.echo(f"engine {s.url} model {s.model_name}", err=False)
         click.echo("serving; Ctrl-C to stop")
-        await asyncio.Event().wait()
-    finally:
+
+    async def stop() -> None:
         for s in servers:
             await s.close()
+
+    run_until_signalled(start, stop)
 
 
 @click.command("emulate")
@@ -225,5 +227,4 @@ def emulate_cmd(model, served_model_name, gpu, tp, pp, predictor, profile, host,
                f"max_num_batched_tokens {cfg.max_num_batched_tokens}")
     servers = [EmulatorServer(EmulatedEngine(cfg, pred, max_lag_s=max_lag), name,
                               max_model_len=max_model_len) for _ in range(instances)]
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(servers, host, ports))
+    _serve(servers, host, ports)
