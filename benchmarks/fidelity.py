@@ -12,8 +12,11 @@ the engines are deployed here: each engine's whole process tree confined to its 
 Output: per-request records of both sides under ``--out`` (default ``.cache/fidelity``; the
 layout notebook 5 reads), ``fidelity_cdfs.png`` (CDFs of TTFT, TPOT and end-to-end latency,
 sim next to live per load and router) and one JSON object: ``runs[]`` with ``load``,
-``router``, ``rate_per_s``, ``live`` / ``sim`` figures and ``err`` (relative errors
-``ttft_p50, ttft_p90, tpot_p50, e2e_p50, e2e_p90, throughput``), ``targets_met`` and
+``router``, ``rate_per_s``, ``live`` / ``sim`` figures, ``err`` (relative errors
+``ttft_p50, ttft_p90, tpot_p50, e2e_p50, e2e_p90, throughput``) and ``engine_side`` (the
+engines' own mean inter-token latency, queue and prefill times from their ``/metrics``,
+next to the simulator's: where live and simulated differ, inside the engines or around
+them), ``targets_met`` and
 ``target_failures`` (median end-to-end <= 5 %, p90 TTFT <= 15 %, throughput <= 3 % at every
 load and router).
 
@@ -37,6 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from control_plane import ControlPlane  # noqa: E402
+from control_plane.perf.profile import NEIGHBOUR_KEYS  # noqa: E402
+from live.calibrate_metrics import MetricsSnapshot, parse_snapshot  # noqa: E402
 from live.engine_spec import EngineSpec  # noqa: E402
 from live.gateway import Gateway, GatewayConfig  # noqa: E402
 from live.launcher import EngineGroup  # noqa: E402
@@ -46,6 +51,7 @@ from live.vllm_env import ensure_vllm_env  # noqa: E402
 from sagellm.fidelity import (  # noqa: E402
     FIELDS,
     capacity_rps,
+    engine_means,
     fidelity_workload,
     figures,
     rel_errors,
@@ -86,17 +92,33 @@ async def _wait_idle(urls: list[str], timeout_s: float = 120.0) -> None:
     raise TimeoutError(f"engines still busy after {timeout_s} s")
 
 
-async def _live(requests, specs, urls, router, model, scrape_s) -> list:
+def _snapshot(urls: list[str]):
+    """The engines' histogram totals, summed (engine-side timings of the run)."""
+    total = None
+    for u in urls:
+        snap = parse_snapshot(urllib.request.urlopen(u + "/metrics", timeout=10).read()
+                              .decode())
+        total = snap if total is None else MetricsSnapshot(
+            {k: v + total.sums.get(k, 0.0) for k, v in snap.sums.items()},
+            {k: v + total.counts.get(k, 0.0) for k, v in snap.counts.items()},
+            {k: v + total.values.get(k, 0.0) for k, v in snap.values.items()})
+    return total
+
+
+async def _live(requests, specs, urls, router, model, scrape_s):
+    """(client-side records, the engines' own timings over the run)."""
     specs = [dataclasses.replace(s, url=u) for s, u in zip(specs, urls, strict=True)]
     gw = Gateway(ControlPlane(specs, "fifo", router), config=GatewayConfig(
         scrape_interval_s=scrape_s, tick_interval_s=scrape_s))
     port = await gw.listen("127.0.0.1", 0)
+    before = await asyncio.to_thread(_snapshot, urls)
     try:
         res = await replay(requests, f"http://127.0.0.1:{port}", ReplayConfig(
             model=model, max_model_len=2048, max_concurrency=1024))
     finally:
         await gw.close()
-    return res.records
+    await _wait_idle(urls)
+    return res.records, await asyncio.to_thread(_snapshot, urls) - before
 
 
 def run(args) -> dict:
@@ -128,7 +150,7 @@ def run(args) -> dict:
         engine = {"max_num_seqs": seqs, "max_num_batched_tokens": batched}
         if kv is not None:
             engine.update(kv_capacity_tokens=kv[0], block_size=kv[1])
-        insts = sim_instances(profile, names, engine)
+        insts = sim_instances(profile, names, engine, host="this-machine")
         cap = capacity_rps(insts, work)
         delay = predictor.request_ttft_overhead_s / 2
         for load in args.loads:
@@ -138,8 +160,8 @@ def run(args) -> dict:
                 reqs = [dataclasses.replace(r, request_id=tag + r.request_id)
                         for r in work.requests(rate)]
                 asyncio.run(_wait_idle(urls))
-                live = asyncio.run(_live(reqs, [i.spec for i in insts], urls, router, model,
-                                         args.scrape_interval))
+                live, engine_side = asyncio.run(_live(reqs, [i.spec for i in insts], urls,
+                                                      router, model, args.scrape_interval))
                 sim = sim_records(reqs, insts, router=router, network_delay_s=delay,
                                   scrape_interval_s=args.scrape_interval,
                                   tick_interval_s=args.scrape_interval)
@@ -149,6 +171,7 @@ def run(args) -> dict:
                 err = rel_errors(fs, fl)
                 runs.append({"load": load, "router": router, "rate_per_s": round(rate, 4),
                              "live": _round(fl), "sim": _round(fs), "err": _round(err),
+                             "engine_side": _round(engine_means(engine_side, sim)),
                              "live_failed": sum(r.status != "ok" for r in live)})
                 print(f"load {load:g} {router}: " + ", ".join(
                     f"{k} {err[k] * 100:.1f}%" for k in FIELDS), file=sys.stderr)
@@ -164,6 +187,7 @@ def run(args) -> dict:
                                  "pin_process_tree": args.pin_tree,
                                  "cores": ", ".join(s.cpu_cores for s in specs)},
                       "profile_fit_holdout_err_median": meta.get("fit_holdout_rel_err_median"),
+                      "neighbour_slowdowns": {k: meta.get(k) for k in NEIGHBOUR_KEYS},
                       "network_delay_s": round(delay, 6), "wall_s": round(
                           time.monotonic() - t0, 1), "out": str(out)}}
 

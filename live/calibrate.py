@@ -39,6 +39,7 @@ whole runs are the measurement: ``N - 1`` decode steps each, checked to start to
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import random
 import time
@@ -57,6 +58,7 @@ from live.calibrate_design import (
     schedule,
 )
 from live.calibrate_metrics import MetricsSnapshot, MissingMetricsError, parse_snapshot
+from live.calibrate_neighbour import neighbour_phase
 from live.calibrate_result import CalibrationResult, EngineInfo, Measurement, build_result
 from live.client import EngineClient, EngineError
 
@@ -359,14 +361,20 @@ class _Run:
 
 async def calibrate(client: EngineClient, cfg: CalibrationConfig | None = None, *,
                     model: str | None = None, gpu: str = "cpu", meta: dict | None = None,
-                    say: Callable[[str], None] = lambda s: None) -> CalibrationResult:
+                    say: Callable[[str], None] = lambda s: None,
+                    neighbour: EngineClient | None = None,
+                    neighbour_repeats: int = 5) -> CalibrationResult:
     """Run the design against the engine behind ``client`` (started) and fit the profile.
 
     ``model`` / ``gpu`` name the profile (default: the served model id, "cpu"); ``meta``
-    adds metadata lines (hardware, engine settings)."""
+    adds metadata lines (hardware, engine settings). ``neighbour``: another engine on the
+    same machine; after the design (outside its budget), ``neighbour_repeats`` pairs measure
+    how much its decoding or prefilling slows this engine's decodes and prefills
+    (:mod:`live.calibrate_neighbour`; metadata ``neighbour_<mine>_slowdown_<theirs>``)."""
     cfg = cfg or CalibrationConfig()
     t0 = time.monotonic()
     info = await discover(client)
+    n_info = await discover(neighbour) if neighbour is not None else None
     run = _Run(client, info, cfg, say)
     first = await run.idle()
     design = cfg.design
@@ -399,12 +407,30 @@ async def calibrate(client: EngineClient, cfg: CalibrationConfig | None = None, 
         (dropped if isinstance(m, str) else got).append(m)   # type: ignore[arg-type]
         if (i + 1) % 20 == 0:
             say(f"  {i + 1}/{len(order)} probes, {time.monotonic() - t0:.0f} s")
+    res = None
+    if neighbour is not None:
+        say(f"neighbour phase: {neighbour_repeats} pairs against {neighbour.base_url}")
+        try:
+            res = await neighbour_phase(run, neighbour, n_info.model_id,
+                                        repeats=neighbour_repeats)
+        except CalibrationError:
+            raise
+        except (RuntimeError, EngineError, aiohttp.ClientError, TimeoutError) as exc:
+            raise CalibrationError(f"neighbour phase ({neighbour.base_url}): "
+                                   f"{type(exc).__name__}: {exc}") from exc
     prefix_hits = (await run.snapshot() - first).values.get("prefix_hits", 0.0)
     limits_meta = {"max_num_batched_tokens": cfg.max_batched_tokens,
                    "max_num_seqs": cfg.max_num_seqs}
     try:
-        return build_result(info, design, limits_meta, got, dropped, retried, prefix_hits,
-                            time.monotonic() - t0, model or info.model_id, gpu, meta or {},
-                            e2e_overheads=run.e2e_overheads)
+        result = build_result(info, design, limits_meta, got, dropped, retried, prefix_hits,
+                              time.monotonic() - t0, model or info.model_id, gpu, meta or {},
+                              e2e_overheads=run.e2e_overheads)
     except ValueError as exc:
         raise CalibrationError(str(exc)) from exc
+    if res is None:
+        return result
+    res = res.with_fit(result.report.full)
+    say("neighbour busy: " + ", ".join(f"{mine} x{1 + v:.3f} while it {theirs}s"
+                                       for (mine, theirs), v in res.slowdown.items()))
+    return dataclasses.replace(result, neighbour=res, table=dataclasses.replace(
+        result.table, meta={**result.table.meta, **res.meta()}))

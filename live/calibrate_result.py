@@ -55,6 +55,7 @@ class CalibrationResult:
     prefix_hits: float
     wall_s: float
     overheads: dict[str, float]
+    neighbour: object = None    # live.calibrate_neighbour.NeighbourResult, if measured
 
     def lines(self) -> list[str]:
         """The printed summary."""
@@ -67,6 +68,10 @@ class CalibrationResult:
             "request_e2e_overhead_s")]
         out.append(f"per-request overheads: TTFT +{ms[0]:.2f} ms (API server {ms[1]:.2f} ms, "
                    f"engine front end {ms[2]:.2f} ms), end-to-end +{ms[3]:.2f} ms")
+        if self.neighbour is not None:
+            out.append("neighbour engine busy: " + ", ".join(
+                f"{mine} +{100 * v:.1f} % while it {theirs}s"
+                for (mine, theirs), v in self.neighbour.slowdown.items()))
         if self.prefix_hits:
             out.append(f"warning: {self.prefix_hits:.0f} prefix-cache hit tokens")
         out += [f"dropped: {d}" for d in self.dropped]

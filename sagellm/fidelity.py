@@ -13,8 +13,10 @@ For each load and router the same requests run
   (:func:`live.replay.replay`; token-id prompts, so lengths are exact, ``ignore_eos`` so
   outputs are too), client-side records;
 - simulated: :func:`sim.simulate` with two instances whose iteration time is the calibrated
-  profile (:mod:`sagellm.profiled`), the same control-plane settings, scrape and tick
-  intervals, and the profile's per-request overheads as the network delay.
+  profile (:mod:`sagellm.profiled`), on one host (the engines share this machine: the
+  profile's neighbour slowdowns apply while both are busy), the same control-plane
+  settings, scrape and tick intervals, and the profile's per-request overheads as the
+  network delay.
 
 Figures (:func:`figures`) come from requests that completed: TTFT p50/p90, TPOT p50,
 end-to-end p50/p90 and throughput (completed requests / (last finish - first arrival)).
@@ -43,8 +45,8 @@ from sim import SimConfig, simulate
 from sim.config import InstanceSim
 from workloads import read_trace
 
-__all__ = ["FIELDS", "FidelityWorkload", "capacity_rps", "fidelity_workload", "figures",
-           "rel_errors", "sim_instances", "sim_records", "write_records"]
+__all__ = ["FIELDS", "FidelityWorkload", "capacity_rps", "engine_means", "fidelity_workload",
+           "figures", "rel_errors", "sim_instances", "sim_records", "write_records"]
 
 FIELDS = ("ttft_p50", "ttft_p90", "tpot_p50", "e2e_p50", "e2e_p90", "throughput")
 
@@ -93,12 +95,16 @@ def fidelity_workload(trace: str | Path, requests: int, *, length_scale: float =
                             f", lengths x{length_scale:g} clipped to {max_prompt}/{max_output}")
 
 
-def sim_instances(profile: str, names: Sequence[str], engine: dict) -> list[InstanceSim]:
+def sim_instances(profile: str, names: Sequence[str], engine: dict,
+                  host: str | None = None) -> list[InstanceSim]:
     """One simulated instance per name with the profile's iteration time; ``engine``: the
-    instance entry's other keys (``max_num_seqs``, ``kv_capacity_tokens``, ...)."""
+    instance entry's other keys (``max_num_seqs``, ``kv_capacity_tokens``, ...); ``host``:
+    the machine they share (the profile's neighbour slowdowns apply)."""
+    extra = {} if host is None else {"host": host}
     out = []
     for name in names:
-        out += profiled_instances({"profile": profile, **engine}, name, 1, f"instance {name}")
+        out += profiled_instances({"profile": profile, **engine, **extra}, name, 1,
+                                  f"instance {name}")
     return out
 
 
@@ -132,6 +138,28 @@ def figures(records: Sequence[RequestRecord] | pd.DataFrame) -> dict[str, float]
             "tpot_p50": q("tpot_s", 0.5), "e2e_p50": q("e2e_s", 0.5),
             "e2e_p90": q("e2e_s", 0.9),
             "throughput": len(ok) / span if span > 0 else float("nan")}
+
+
+def engine_means(delta, records: Sequence[RequestRecord]) -> dict[str, float]:
+    """Engine-side means over a live run (``delta``: the difference of the engines' summed
+    ``/metrics`` histograms, :class:`live.calibrate_metrics.MetricsSnapshot`) next to the
+    simulator's: inter-token latency (all tokens after the first), queue time (arrival at
+    the engine to first scheduling) and prefill time (scheduling to first token). The
+    simulator's records give ITL exactly (finish - first token over the tokens after the
+    first); its queue + prefill is its TTFT less the network delays, which are not
+    separated here, so it is reported as ``sim_ttft_mean_s``."""
+    def mean(key: str) -> float:
+        c = delta.counts.get(key, 0.0)
+        return delta.sums[key] / c if c else float("nan")
+    ok = [r for r in records if r.status == "ok" and r.first_token_s is not None]
+    steps = sum(max(0, r.output_tokens - 1) for r in ok)
+    sim_itl = (sum(r.finish_s - r.first_token_s for r in ok if r.output_tokens > 1) / steps
+               if steps else float("nan"))
+    sim_ttft = (sum(r.first_token_s - r.arrival_s for r in ok) / len(ok)
+                if ok else float("nan"))
+    return {"live_itl_mean_s": mean("itl"), "sim_itl_mean_s": sim_itl,
+            "live_queue_mean_s": mean("queue"), "live_prefill_mean_s": mean("prefill"),
+            "live_engine_ttft_mean_s": mean("ttft"), "sim_ttft_mean_s": sim_ttft}
 
 
 def rel_errors(sim: dict[str, float], live: dict[str, float]) -> dict[str, float]:

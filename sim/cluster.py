@@ -30,7 +30,7 @@ from control_plane import (
     Request,
     Retry,
 )
-from control_plane.engine import Engine
+from control_plane.engine import Engine, SharedHostPredictor, neighbour_slowdowns
 from control_plane.metrics import RequestRecord
 from control_plane.types import Health
 from sim.columns import RecordColumns
@@ -41,6 +41,7 @@ __all__ = ["ClusterRun", "InstanceSeries"]
 _NORMAL = 1
 _END_PRIO = -1_000_000  # + instance index: iteration ends before anything else
 _WAKE_PRIO = 2  # + instance index: idle engines start after the ordinary events
+_IDLE, _DECODING, _PREFILLING = 0, 1, 2  # what an engine does (hosts shared: contention)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,8 +96,9 @@ class _Track:
 
 
 class _Inst:
-    __slots__ = ("cfg", "down", "end_prio", "engine", "idx", "iid", "lost", "predictor",
-                 "series", "spec", "usd_per_token", "version", "wake", "wake_prio")
+    __slots__ = ("cfg", "down", "end_prio", "engine", "host", "idx", "iid", "lost",
+                 "predictor", "series", "spec", "usd_per_token", "version", "wake",
+                 "wake_prio", "work")
 
     def __init__(self, idx: int, sim: InstanceSim, fast_forward: bool) -> None:
         self.idx = idx
@@ -113,6 +115,8 @@ class _Inst:
         self.end_prio = _END_PRIO + idx
         self.wake_prio = _WAKE_PRIO + idx
         self.series = tuple(array("d") for _ in range(7))
+        self.work = _IDLE
+        self.host: list[_Inst] | None = None  # the others on its host, when they contend
 
 
 class ClusterRun:
@@ -127,6 +131,7 @@ class ClusterRun:
         self.delay = float(config.network_delay_s)
         self.insts = [_Inst(i, s, config.fast_forward) for i, s in enumerate(insts)]
         self.by_id = {x.iid: x for x in self.insts}
+        self._share_hosts(insts)
         self.tracks: dict[str, _Track] = {}
         self.records: list[RequestRecord] = []
         self.columns = None if config.keep_records else RecordColumns(
@@ -144,6 +149,48 @@ class ClusterRun:
             self._at(down_s, _NORMAL, self._down, self.by_id[iid])
             if up_s is not None:
                 self._at(up_s, _NORMAL, self._up, self.by_id[iid])
+
+    def _share_hosts(self, sims: Sequence[InstanceSim]) -> None:
+        """Instances sharing a host whose predictors know neighbour slowdowns get a
+        :class:`SharedHostPredictor`; the others run as before."""
+        hosts: dict[str, list[_Inst]] = {}
+        for inst, s in zip(self.insts, sims, strict=True):
+            if s.host is not None:
+                hosts.setdefault(s.host, []).append(inst)
+        for group in hosts.values():
+            slow = [neighbour_slowdowns(x.predictor) for x in group]
+            if len(group) < 2 or not any(map(any, slow)):
+                continue
+            for inst, sd in zip(group, slow, strict=True):
+                inst.host = [x for x in group if x is not inst]
+                if any(sd):
+                    inst.predictor = SharedHostPredictor(inst.predictor, sd)
+                    inst.engine = Engine(inst.cfg, inst.predictor,
+                                         fast_forward=inst.engine.fast_forward)
+
+    def _work(self, inst: _Inst, work: int) -> None:
+        """``inst`` now does ``work`` (_IDLE, _DECODING, _PREFILLING): its host's other
+        engines change speed (a decode run in progress ends with its current iteration,
+        see Engine.retime)."""
+        if work == inst.work:
+            return
+        inst.work = work
+        now = self.env.now
+        for other in inst.host:
+            p = other.predictor
+            if type(p) is not SharedHostPredictor:
+                continue
+            d = sum(1 for x in other.host if x.work == _DECODING)
+            f = sum(1 for x in other.host if x.work == _PREFILLING)
+            if d == p.decoding and f == p.prefilling:
+                continue
+            eng = other.engine
+            end = eng.plan_end_s
+            eng.retime(now)
+            p.set_neighbours(d, f)
+            if eng.busy and eng.plan_end_s != end:
+                other.version += 1
+                self._at(eng.plan_end_s, other.end_prio, self._end, (other, other.version))
 
     def _at(self, at: float, prio: int, fn, arg) -> None:
         self.env.call_at(at, prio, fn, arg)
@@ -257,6 +304,9 @@ class ClusterRun:
         end = inst.engine.start(self.env.now)
         if end is not None:
             self._at(end, inst.end_prio, self._end, (inst, inst.version))
+        if inst.host is not None:
+            self._work(inst, _IDLE if end is None else
+                       _PREFILLING if inst.engine.prefilling else _DECODING)
 
     def _wake(self, ev) -> None:
         inst, version = ev.arg
@@ -312,6 +362,8 @@ class ClusterRun:
         inst.lost[0] += inst.engine.steps
         inst.lost[1] += inst.engine.preemptions
         inst.engine = Engine(inst.cfg, inst.predictor, fast_forward=self.config.fast_forward)
+        if inst.host is not None:
+            self._work(inst, _IDLE)
         self.execute(self.cp.set_health(inst.iid, Health.DOWN, self.env.now,
                                         "failure injected"))
 

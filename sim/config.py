@@ -38,12 +38,16 @@ class SimConfig:
 @dataclass(frozen=True, slots=True)
 class InstanceSim:
     """One simulated instance: the control plane's view (``spec``), the engine's
-    settings and the iteration-time predictor (None: derived from the spec, see
-    :meth:`EngineModel.predictor_for`)."""
+    settings, the iteration-time predictor (None: derived from the spec, see
+    :meth:`EngineModel.predictor_for`) and the machine it shares with others (``host``)."""
 
     spec: InstanceSpec
     engine: EngineConfig = field(default_factory=EngineConfig)
     predictor: IterationPredictor | None = None
+    # instances with the same host share a machine: while others of the host are busy,
+    # iterations slow down by the predictor's neighbour_decode_slowdown /
+    # neighbour_prefill_slowdown (measured profiles; control_plane.engine.contention)
+    host: str | None = None
 
     @property
     def instance_id(self) -> str:

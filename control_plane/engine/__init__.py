@@ -11,11 +11,14 @@ Modules: :mod:`~control_plane.engine.engine` (the :class:`Engine` facade),
 admission), :mod:`~control_plane.engine.decode` (implicit decode state, decode runs),
 :mod:`~control_plane.engine.seq` (per-request state), :mod:`~control_plane.engine.kv_cache`
 (paged KV blocks, prefix cache), :mod:`~control_plane.engine.config` (:class:`EngineConfig`,
-:class:`StepOutcome`).
+:class:`StepOutcome`), :mod:`~control_plane.engine.contention` (engines sharing a host slow
+each other down: :class:`SharedHostPredictor`).
 """
 
 from control_plane.engine.config import EngineConfig, StepOutcome
+from control_plane.engine.contention import SharedHostPredictor, neighbour_slowdowns
 from control_plane.engine.engine import Engine
 from control_plane.engine.kv_cache import BlockPool, KVOverAllocation
 
-__all__ = ["BlockPool", "Engine", "EngineConfig", "KVOverAllocation", "StepOutcome"]
+__all__ = ["BlockPool", "Engine", "EngineConfig", "KVOverAllocation", "SharedHostPredictor",
+           "StepOutcome", "neighbour_slowdowns"]

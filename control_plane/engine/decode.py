@@ -42,7 +42,7 @@ class _DecodeRuns:
         """(iterations of the run started at or before ``now``, end of the last of them).
         The interpolated guess is usually right: two predictor calls."""
         k, end = self._k, self.plan_end_s
-        if k == 1 or now >= end:
+        if k == 1 or now >= end or self._done >= k:  # (all started: a run cut by retime)
             return k, end
         start = self.plan_start_s
         bound = self._bound

@@ -59,6 +59,7 @@ from control_plane.engine.seq import (
     _NONE,
     _PREFILL,
     _RUN,
+    _STEP,
     _WAITING,
     _cdiv,
     _Seq,
@@ -128,6 +129,12 @@ class Engine(_Scheduler, _DecodeRuns):
     @property
     def busy(self) -> bool:
         return self._kind != _NONE
+
+    @property
+    def prefilling(self) -> bool:
+        """The iteration in progress computes prompt tokens."""
+        b = self.last_batch
+        return self._kind == _STEP and b is not None and b.prefill_tokens > 0
 
     @property
     def num_running(self) -> int:
@@ -237,6 +244,16 @@ class Engine(_Scheduler, _DecodeRuns):
         if self._kind == _RUN and self._done < self._k:
             self._materialize(self._started(now)[0])
 
+
+    def retime(self, now: float) -> None:
+        """The predictor's speed is about to change (e.g. a neighbour engine on the host
+        became busy): a decode run in progress ends with the iteration in progress at
+        ``now`` (timed as planned), and the next plan is timed afresh rather than continued
+        from the run's anchor. A single planned iteration keeps its end. Check
+        :attr:`plan_end_s` afterwards."""
+        if self._kind == _RUN:
+            self._cut(now)
+        self._anc_ok = False
 
     # -- scheduling ---------------------------------------------------------------------
     def step(self, now: float) -> StepOutcome | None:

@@ -39,6 +39,13 @@ outside the engine's iterations and queue, which the iteration predictor does no
   streamed request, median.
 
 They become :class:`FittedPredictor`'s ``request_ttft_overhead_s`` / ``request_e2e_overhead_s``.
+
+Optional metadata, co-located engines (absent: 0): ``neighbour_<mine>_slowdown_<theirs>``
+for ``mine`` and ``theirs`` in decode / prefill, how much longer this engine's decode
+iterations / prefills take while one other engine on the same machine decodes / prefills,
+as a fraction (0.3: 30 % longer), measured by ``sagellm calibrate --neighbour-core``. The
+simulator applies them to instances that share a ``host``
+(:mod:`control_plane.engine.contention`).
 The fixed per-*step* overhead of the engine (scheduling, sampling, Python) is the fit's
 ``intercept_s``. Other metadata (hardware, engine version, date, fit quality) is free text.
 
@@ -67,12 +74,14 @@ from control_plane.perf.models import ModelSpec, get_model
 from control_plane.perf.parallel import ParallelConfig
 from control_plane.perf.roofline import RooflinePredictor
 
-__all__ = ["COLUMNS", "OVERHEAD_KEYS", "PROFILES_DIR", "FittedPredictor", "ProfileTable",
-           "builtin_profiles", "find_profile", "predictor_for", "read_profile",
+__all__ = ["COLUMNS", "NEIGHBOUR_KEYS", "OVERHEAD_KEYS", "PROFILES_DIR", "FittedPredictor",
+           "ProfileTable", "builtin_profiles", "find_profile", "predictor_for", "read_profile",
            "resolve_profile", "write_profile"]
 
 COLUMNS = ("prefill_tokens", "prefill_attention", "decode_seqs", "decode_context")
 OVERHEAD_KEYS = ("request_ttft_overhead_s", "request_e2e_overhead_s")
+NEIGHBOUR_KEYS = ("neighbour_decode_slowdown_decode", "neighbour_decode_slowdown_prefill",
+                  "neighbour_prefill_slowdown_decode", "neighbour_prefill_slowdown_prefill")
 PROFILES_DIR = Path(__file__).resolve().parent / "data" / "profiles"
 _REQUIRED_META = ("model", "gpu", "tp", "pp")
 
@@ -245,6 +254,10 @@ class FittedPredictor:
     fit_rel_err_max: float = 0.0
     request_ttft_overhead_s: float = 0.0  # per request, outside iterations (module doc)
     request_e2e_overhead_s: float = 0.0
+    neighbour_decode_slowdown_decode: float = 0.0   # co-located engines (module doc)
+    neighbour_decode_slowdown_prefill: float = 0.0
+    neighbour_prefill_slowdown_decode: float = 0.0
+    neighbour_prefill_slowdown_prefill: float = 0.0
 
     @classmethod
     def from_file(cls, name_or_path: str | Path) -> FittedPredictor:
@@ -294,7 +307,7 @@ class FittedPredictor:
 
 def _overheads(table: ProfileTable) -> dict[str, float]:
     out = {}
-    for key in OVERHEAD_KEYS:
+    for key in (*OVERHEAD_KEYS, *NEIGHBOUR_KEYS):
         raw = table.meta.get(key)
         if raw is None or raw == "":
             continue
@@ -302,9 +315,10 @@ def _overheads(table: ProfileTable) -> dict[str, float]:
             v = float(raw)
         except ValueError:
             v = -1.0
-        if not v >= 0:
+        if not v >= 0 or v == float("inf"):
+            what = "seconds" if key in OVERHEAD_KEYS else "a fraction"
             raise ConfigError(f"profile {table.model}/{table.gpu}: metadata {key}={raw!r} must "
-                              "be a number of seconds >= 0")
+                              f"be a finite number >= 0 ({what})")
         out[key] = v
     return out
 

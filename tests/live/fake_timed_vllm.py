@@ -57,6 +57,7 @@ class TimedVllm:
         self._step_len = 0.0
         self.waiting: list[_Req] = []
         self.running: list[_Req] = []
+        self._chunked: list[_Req] = []   # prompts in the iteration in progress
         self.hist = {k: [0.0, 0] for k in ("queue", "prefill", "decode", "inference", "ttft",
                                            "e2e", "itl", "iter")}
         self.counters = {"success": 0, "generated": 0, "prompt": 0}
@@ -106,8 +107,10 @@ class TimedVllm:
             {"id": MODEL, "object": "model", "max_model_len": self.max_model_len}]})
 
     def _copy(self) -> tuple[dict, dict, int, int]:
+        # like vLLM, a request whose prompt the iteration in progress computes is running
+        prefilling = sum(1 for r in self._chunked if r not in self.waiting)
         return ({k: list(v) for k, v in self.hist.items()}, dict(self.counters),
-                len(self.running), len(self.waiting))
+                len(self.running) + prefilling, len(self.waiting))
 
     async def _metrics(self, request: web.Request) -> web.Response:
         names = {"queue": "vllm:request_queue_time_seconds",
@@ -216,10 +219,12 @@ class TimedVllm:
                 if r.scheduled_vt is None:
                     r.scheduled_vt = self.vt
             d = self.model.iteration_s(batch)
+            self._chunked = [r for r, _ in chunks]
             self._step_real, self._step_len = time.monotonic(), d
             await asyncio.sleep(d * self.pace)
             self.vt += d
             self._step_len = 0.0
+            self._chunked = []
             self._observe("iter", ptok + len(decodes))
             for r in decodes:
                 if not r.aborted:

@@ -7,6 +7,7 @@ import asyncio
 
 import pytest
 
+from control_plane.engine import SharedHostPredictor
 from control_plane.perf.base import Batch
 from control_plane.perf.profile import FittedPredictor
 from live.calibrate import CalibrationConfig, CalibrationError, calibrate
@@ -220,4 +221,73 @@ def test_calibrate_names_missing_metrics_and_unreachable_engines():
             with pytest.raises(CalibrationError,
                                match=r"cannot reach the engine at http://127\.0\.0\.1:9"):
                 await calibrate(client)
+    run(main())
+
+
+# --- the neighbour phase: two timed fakes that slow each other down ----------------------
+
+class _Neighboured:
+    """TRUE's iteration time, slowed as SharedHostPredictor says by what the other fake
+    engine's iteration in progress (if any) does when this one's starts: prefilling if it
+    has prompt tokens, else decoding (the simulator's rule)."""
+
+    def __init__(self, slow, others: list) -> None:
+        self.p = SharedHostPredictor(TRUE, slow)
+        self.others = others
+
+    def iteration_s(self, batch: Batch) -> float:
+        o = self.others[0]
+        busy = o._step_len > 0
+        prefilling = busy and o.batches[-1].prefill_tokens > 0
+        self.p.set_neighbours(int(busy and not prefilling), int(prefilling))
+        return self.p.iteration_s(batch)
+
+
+def test_neighbour_phase_measures_how_a_busy_neighbour_slows_the_engine():
+    slow = (0.2, 0.3, 0.05, 0.25)     # decode by decode, by prefill; prefill by decode, ...
+    box_a: list = []
+    box_b: list = []
+    engine = TimedVllm(_Neighboured(slow, box_b))
+    other = TimedVllm(_Neighboured((0, 0, 0, 0), box_a))
+    box_a.append(engine)
+    box_b.append(other)
+    cfg = CalibrationConfig(design=SMALL, **FAST)
+
+    async def main():
+        urls = [await engine.start(), await other.start()]
+        try:
+            async with EngineClient(urls[0]) as a, EngineClient(urls[1]) as b:
+                return await calibrate(a, cfg, neighbour=b, neighbour_repeats=3)
+        finally:
+            await engine.stop()
+            await other.stop()
+    res = run(main())
+    got = res.neighbour.slowdown
+    assert got[("decode", "decode")] == pytest.approx(0.2, abs=0.02)
+    assert got[("decode", "prefill")] == pytest.approx(0.3, abs=0.02)
+    # the prefill probe's iteration also decodes its background request: separated
+    assert got[("prefill", "decode")] == pytest.approx(0.05, abs=0.02)
+    assert got[("prefill", "prefill")] == pytest.approx(0.25, abs=0.02)
+    assert all(len(v) == 3 for v in res.neighbour.ratios.values())
+    # the design itself ran with the neighbour idle: the fit is the undisturbed model
+    fp = res.report.full
+    assert fp.per_decode_seq_s == pytest.approx(TRUE.per_decode_seq_s, rel=0.02)
+    assert fp.intercept_s == pytest.approx(TRUE.intercept_s, rel=0.02)
+    # the profile carries the four figures; the simulator reads them back
+    fitted = FittedPredictor.from_table(res.table)
+    assert fitted.neighbour_decode_slowdown_prefill == pytest.approx(0.3, abs=0.02)
+    assert "neighbour_method" in res.table.meta
+    assert any(line.startswith("neighbour engine busy") for line in res.lines())
+
+
+def test_neighbour_phase_names_an_unreachable_neighbour():
+    async def main():
+        engine = TimedVllm(TRUE)
+        url = await engine.start()
+        try:
+            async with EngineClient(url) as a, EngineClient("http://127.0.0.1:9") as b:
+                with pytest.raises(CalibrationError, match=r"http://127\.0\.0\.1:9"):
+                    await calibrate(a, CalibrationConfig(design=SMALL, **FAST), neighbour=b)
+        finally:
+            await engine.stop()
     run(main())
