@@ -16,7 +16,8 @@ sim next to live per load and router) and one JSON object: ``runs[]`` with ``loa
 ``ttft_p50, ttft_p90, tpot_p50, e2e_p50, e2e_p90, throughput``) and ``engine_side`` (the
 engines' own mean inter-token latency, queue and prefill times from their ``/metrics``,
 next to the simulator's: where live and simulated differ, inside the engines or around
-them), ``targets_met`` and
+them; and the CPU the gateway and replay client of this process used, in cores, which they
+take from the engines' cores), ``targets_met`` and
 ``target_failures`` (median end-to-end <= 5 %, p90 TTFT <= 15 %, throughput <= 3 % at every
 load and router).
 
@@ -31,6 +32,7 @@ import asyncio
 import dataclasses
 import json
 import re
+import resource
 import sys
 import time
 import urllib.request
@@ -112,13 +114,17 @@ async def _live(requests, specs, urls, router, model, scrape_s):
         scrape_interval_s=scrape_s, tick_interval_s=scrape_s))
     port = await gw.listen("127.0.0.1", 0)
     before = await asyncio.to_thread(_snapshot, urls)
+    cpu0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
     try:
         res = await replay(requests, f"http://127.0.0.1:{port}", ReplayConfig(
             model=model, max_model_len=2048, max_concurrency=1024))
     finally:
         await gw.close()
+    cpu1, wall = resource.getrusage(resource.RUSAGE_SELF), time.monotonic() - t0
+    # the gateway and the replay client (this process) share the engines' cores
+    client_cpu = (cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime) / wall
     await _wait_idle(urls)
-    return res.records, await asyncio.to_thread(_snapshot, urls) - before
+    return res.records, await asyncio.to_thread(_snapshot, urls) - before, client_cpu
 
 
 def run(args) -> dict:
@@ -160,8 +166,8 @@ def run(args) -> dict:
                 reqs = [dataclasses.replace(r, request_id=tag + r.request_id)
                         for r in work.requests(rate)]
                 asyncio.run(_wait_idle(urls))
-                live, engine_side = asyncio.run(_live(reqs, [i.spec for i in insts], urls,
-                                                      router, model, args.scrape_interval))
+                live, engine_side, client_cpu = asyncio.run(_live(
+                    reqs, [i.spec for i in insts], urls, router, model, args.scrape_interval))
                 sim = sim_records(reqs, insts, router=router, network_delay_s=delay,
                                   scrape_interval_s=args.scrape_interval,
                                   tick_interval_s=args.scrape_interval)
@@ -171,7 +177,8 @@ def run(args) -> dict:
                 err = rel_errors(fs, fl)
                 runs.append({"load": load, "router": router, "rate_per_s": round(rate, 4),
                              "live": _round(fl), "sim": _round(fs), "err": _round(err),
-                             "engine_side": _round(engine_means(engine_side, sim)),
+                             "engine_side": _round({**engine_means(engine_side, sim),
+                                                    "gateway_client_cpu_cores": client_cpu}),
                              "live_failed": sum(r.status != "ok" for r in live)})
                 print(f"load {load:g} {router}: " + ", ".join(
                     f"{k} {err[k] * 100:.1f}%" for k in FIELDS), file=sys.stderr)

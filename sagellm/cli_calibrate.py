@@ -17,7 +17,9 @@ import dataclasses
 import json
 import os
 import platform
+import shlex
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -132,6 +134,13 @@ def _free_port() -> int:
                    "a machine are simulated: instances with the same host).")
 @click.option("--neighbour-repeats", type=click.IntRange(min=1), default=5,
               show_default=True, help="Pairs (neighbour idle / busy) of each probe kind.")
+@click.option("--stream/--no-stream", default=True, show_default=True,
+              help="Decoding probe requests stream their tokens (as a gateway's clients "
+                   "do; the API server's per-token work then counts in the iterations).")
+@click.option("--client-core", callback=_cores, default=None,
+              help="Pin this calibrating client to these core(s), e.g. the engine's, when "
+                   "the deployment's clients and gateway share the engines' cores "
+                   "[default: not pinned].")
 @click.option("--engine-arg", "engine_args", multiple=True,
               help="--launch: extra vLLM server argument (repeatable), e.g. "
                    "--engine-arg=--distributed-executor-backend --engine-arg=uni.")
@@ -161,7 +170,8 @@ def _free_port() -> int:
 @click.option("--hardware", help="Free-text hardware description [--launch: this CPU].")
 def calibrate_cmd(url, launch, out, size, model_dir, max_num_seqs, max_batched_tokens,
                   kv_cache_bytes, cpu_core, pin_tree, neighbour_url, neighbour_core,
-                  neighbour_repeats, engine_args, run_dir, health_timeout, design_name,
+                  neighbour_repeats, stream, client_core, engine_args, run_dir,
+                  health_timeout, design_name,
                   prefill_tokens, batches, contexts, window_steps, decode_window, repeats,
                   budget, seed, model_name, gpu, hardware) -> None:
     """Fit the iteration-time predictor (and per-request overheads) of a real vLLM engine."""
@@ -189,15 +199,21 @@ def calibrate_cmd(url, launch, out, size, model_dir, max_num_seqs, max_batched_t
     cfg = CalibrationConfig(design=design, max_num_seqs=max_num_seqs,
                             max_batched_tokens=max_batched_tokens
                             or (LAUNCH_BATCHED_TOKENS if launch else 2048),
-                            seed=seed, budget_s=budget, decode_probe_s=decode_window)
+                            seed=seed, budget_s=budget, decode_probe_s=decode_window,
+                            stream=stream)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
+    cfg_meta = {"command": "sagellm " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+                "probe_requests": "streamed" if stream else "not streamed",
+                "client_cores": client_core or "not pinned"}
     if url:
-        meta = {"hardware": hardware or "attached engine (not described)"}
-        result = _run(url, cfg, model_name, gpu, meta, neighbour_url, neighbour_repeats)
+        meta = {"hardware": hardware or "attached engine (not described)", **cfg_meta}
+        result = _run(url, cfg, model_name, gpu, meta, neighbour_url, neighbour_repeats,
+                      client_core)
     else:
         result = _launch_and_run(cfg, size, model_dir, kv_cache_bytes, cpu_core, run_dir,
                                  health_timeout, model_name, gpu, hardware, pin_tree,
-                                 neighbour_core, neighbour_repeats, tuple(engine_args))
+                                 neighbour_core, neighbour_repeats, tuple(engine_args),
+                                 client_core, cfg_meta)
     write_profile(out, result.table)
     for line in result.lines():
         click.echo(line)
@@ -205,7 +221,10 @@ def calibrate_cmd(url, launch, out, size, model_dir, max_num_seqs, max_batched_t
 
 
 def _run(url: str, cfg: CalibrationConfig, model: str | None, gpu: str, meta: dict,
-         neighbour_url: str | None = None, neighbour_repeats: int = 5):
+         neighbour_url: str | None = None, neighbour_repeats: int = 5,
+         client_core: str | None = None):
+    if client_core:   # after any launch: engines must not inherit this affinity
+        os.sched_setaffinity(0, cpu_set(client_core))
     async def main():
         timeouts = EngineTimeouts(connect_s=5.0, read_s=300.0, health_s=5.0, scrape_s=10.0)
         async with contextlib.AsyncExitStack() as stack:
@@ -229,7 +248,7 @@ def _run(url: str, cfg: CalibrationConfig, model: str | None, gpu: str, meta: di
 
 def _launch_and_run(cfg, size, model_dir, kv_cache_bytes, cpu_core, run_dir, health_timeout,
                     model_name, gpu, hardware, pin_tree=False, neighbour_core=None,
-                    neighbour_repeats=5, engine_args=()):
+                    neighbour_repeats=5, engine_args=(), client_core=None, extra_meta=None):
     from live.engine_spec import EngineSpec
     from live.launcher import EngineGroup, EngineStartError
     from live.tiny_model import MODEL_MARKER, ensure_model
@@ -264,7 +283,8 @@ def _launch_and_run(cfg, size, model_dir, kv_cache_bytes, cpu_core, run_dir, hea
             "kv_cache": kv_cache_bytes or "1 GiB", "model_dir": str(model),
             **({"model_params": params} if params else {}),
             **({"engine_args": " ".join(engine_args)} if engine_args else {}),
-            **({"neighbour_cores": neighbour_core} if neighbour_core else {})}
+            **({"neighbour_cores": neighbour_core} if neighbour_core else {}),
+            **(extra_meta or {})}
     try:
         group = EngineGroup.launch(specs, python=env.python, run_dir=run_dir,
                                    health_timeout_s=health_timeout, say=click.echo)
@@ -274,4 +294,4 @@ def _launch_and_run(cfg, size, model_dir, kv_cache_bytes, cpu_core, run_dir, hea
         click.echo(f"engine healthy after {time.monotonic() - t0:.0f} s: {group.urls[0]} "
                    f"(log {group.engines[0].log_path})")
         return _run(group.urls[0], cfg, name, gpu, meta,
-                    group.urls[1] if neighbour_core else None, neighbour_repeats)
+                    group.urls[1] if neighbour_core else None, neighbour_repeats, client_core)

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from control_plane import ConfigError
-from control_plane.perf.profile import FittedPredictor, read_profile
+from control_plane.perf.profile import PROFILES_DIR, FittedPredictor, read_profile
 from sagellm.cli import main
 from sagellm.experiment import experiment_from_dict
 from sim.config import InstanceSim
@@ -61,6 +61,7 @@ def test_calibrate_writes_a_profile_the_simulator_uses(timed_engine, tmp_path):
     assert "per-request overheads: TTFT +" in r.output
     t = read_profile(out)
     assert (t.model, t.gpu, t.meta["hardware"]) == ("llama-fake", "cpu", "a fake")
+    assert t.meta["probe_requests"] == "streamed" and t.meta["client_cores"] == "not pinned"
     assert set(t.extra) == {"kind", "split", "repeats", "rel_spread"}
     fp = FittedPredictor.from_table(t)
     assert fp.intercept_s == pytest.approx(TRUE.intercept_s, rel=0.02)
@@ -86,6 +87,24 @@ def test_calibrate_writes_a_profile_the_simulator_uses(timed_engine, tmp_path):
     steps = (fp.intercept_s + 200 * fp.per_prefill_token_s + 200 ** 2 * fp.per_attention_pair_s
              + fp.decode_run_s(1, 201, 19))
     assert lone.e2e_s == pytest.approx(steps, abs=0.005)
+
+
+def test_shared_host_in_an_experiment(tmp_path):
+    path = tmp_path / "p.csv"
+    text = (PROFILES_DIR / "vllm-cpu-llama-small.csv").read_text()
+    path.write_text(text.replace("# model:", "# neighbour_decode_slowdown_decode: 0.2\n"
+                                 "# model:", 1))
+    exp = experiment_from_dict({"cluster": {"instances": [
+        {"id": "cpu", "count": 2, "profile": str(path), "host": "box"}]}})
+    assert [x.host for x in exp.instances] == ["box", "box"]
+    assert exp.instances[0].predictor.neighbour_decode_slowdown_decode == 0.2
+    with pytest.raises(ConfigError, match=r"instances\[0\]\.host must be a non-empty name"):
+        experiment_from_dict({"cluster": {"instances": [
+            {"id": "cpu", "profile": str(path), "host": ""}]}})
+    path.write_text(text.replace("# model:", "# neighbour_prefill_slowdown_prefill: -1\n"
+                                 "# model:", 1))
+    with pytest.raises(ConfigError, match="neighbour_prefill_slowdown_prefill='-1' must be"):
+        experiment_from_dict({"cluster": {"instances": [{"id": "cpu", "profile": str(path)}]}})
 
 
 def test_experiment_profile_errors_name_the_key(tmp_path):
@@ -131,6 +150,12 @@ def test_unreachable_engine_is_named(tmp_path):
     (["--launch", "--max-num-seqs", "0"], "--max-num-seqs"),
     (["--launch", "--size", "huge"], "--size"),
     (["--launch", "--design", "nope"], "--design"),
+    (["--launch", "--neighbour-core", "0"], "--neighbour-core 0 overlaps --cpu-core 0"),
+    (["--launch", "--neighbour", "http://x:1"], "--neighbour URL goes with --engine"),
+    (["--engine", "http://x:1", "--neighbour-core", "1"], "--neighbour-core goes with"),
+    (["--engine", "http://x:1", "--engine-arg", "--foo"], "--engine-arg goes with --launch"),
+    (["--launch", "--client-core", "999"], "--client-core"),
+    (["--launch", "--neighbour-repeats", "0"], "--neighbour-repeats"),
 ])
 def test_bad_options_are_named(tmp_path, args, named):
     r = CliRunner().invoke(main, ["calibrate", "--out", str(tmp_path / "p.csv"), *args])
