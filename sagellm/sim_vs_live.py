@@ -38,6 +38,11 @@ def _labels_from_path(path: Path, root: Path) -> dict[str, str]:
     return dict(p.split("=", 1) for p in parts if "=" in p)
 
 
+def _is_profile(path: Path) -> bool:
+    with path.open(encoding="utf-8", errors="replace") as f:
+        return f.readline().startswith("# sagellm iteration profile")
+
+
 def read_fidelity_folder(folder: str | Path) -> pd.DataFrame | None:
     """Every per-request records file (``*.parquet`` / ``*.csv`` with the columns of
     :class:`~control_plane.records.RequestRecord`) under ``folder``, concatenated, with
@@ -49,6 +54,8 @@ def read_fidelity_folder(folder: str | Path) -> pd.DataFrame | None:
         return None
     frames = []
     for path in sorted(p for p in root.rglob("*") if p.suffix in _SUFFIXES and p.is_file()):
+        if path.suffix == ".csv" and _is_profile(path):
+            continue  # an iteration profile kept with the run (benchmarks/fidelity.py)
         df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
         if not set(RequestRecord.FIELDS) <= set(df.columns):
             continue  # not a records file (a summary table, say)

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 import sagellm.sim_vs_live as svl
+from control_plane.perf.profile import PROFILES_DIR
 from control_plane.records import RequestRecord
 from sagellm.emulated_fidelity import SIM
 from sagellm.sim_vs_live import fidelity_records, quantile_table, read_fidelity_folder
@@ -24,6 +25,10 @@ def _records(n: int, ttft_s: float, **labels) -> pd.DataFrame:
 def test_absent_or_empty_folders_have_no_results(tmp_path):
     assert read_fidelity_folder(tmp_path / "absent") is None
     pd.DataFrame({"x": [1]}).to_csv(tmp_path / "summary.csv", index=False)  # not records
+    # the engines' profiles kept with a fidelity run (metadata lines, then a table)
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "engine-0.csv").write_text(
+        (PROFILES_DIR / "vllm-cpu-llama-small-pinned.csv").read_text())
     assert read_fidelity_folder(tmp_path) is None
 
 
