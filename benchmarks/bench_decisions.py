@@ -18,6 +18,9 @@ For every registered router (FIFO policy) and every registered policy (round rob
 median of ``--repeats`` runs. ``baseline`` is a bare dict insert + delete per cycle measured
 in the same run, the ratio showing the cost of a decision against the cheapest bookkeeping.
 ``queued_100k_mb``: traced Python memory of 100,000 requests (built and) queued.
+Rows named ``<name>+tpot_gate`` repeat a router / policy with the TPOT admission gate on
+(``ControlPlaneConfig.tpot_gate=0.8``): its bookkeeping on every dispatch and release and
+its per-request check while routing (the requests' 1 s TPOT SLO keeps every instance open).
 
     python benchmarks/bench_decisions.py --json
 """
@@ -53,6 +56,16 @@ TARGETS = {  # name: (min decisions/s, max p99 us)
     "locality": (25_000, 200.0),
 }
 POLICY_TARGET = 50_000
+GATE = "+tpot_gate"  # suffix: the same router / policy with ControlPlaneConfig.tpot_gate
+GATED_ROUTERS = ("round_robin", "least_loaded")
+GATED_POLICIES = ("fifo", "priority")
+
+
+def _split(name: str) -> tuple[str, dict[str, float]]:
+    """``round_robin+tpot_gate`` -> ("round_robin", {"tpot_gate": 0.8})."""
+    if name.endswith(GATE):
+        return name[: -len(GATE)], {"tpot_gate": 0.8}
+    return name, {}
 
 
 def _specs(max_inflight: int) -> list[InstanceSpec]:
@@ -96,8 +109,9 @@ LOCALITY_VARIANTS = {
 
 
 def run_router(name: str, cycles: int) -> dict[str, float]:
+    name, gate = _split(name)
     spec, block = LOCALITY_VARIANTS.get(name, (name, BLOCK))
-    m = ControlPlane(_specs(10_000), policy="fifo", router=spec, config={"seed": 1})
+    m = ControlPlane(_specs(10_000), policy="fifo", router=spec, config={"seed": 1, **gate})
     outcomes = [_outcome(k) for k in range(64)]
     pc = time.perf_counter_ns
     lat: list[int] = []
@@ -128,8 +142,9 @@ def run_router(name: str, cycles: int) -> dict[str, float]:
 
 
 def run_policy(name: str, cycles: int) -> dict[str, float]:
+    name, gate = _split(name)
     m = ControlPlane(_specs(4), policy=name, router="round_robin",
-                     config={"seed": 1, "max_queue": 1_000_000})
+                     config={"seed": 1, "max_queue": 1_000_000, **gate})
     slots = N_INSTANCES * 4
     reqs = [_request(k) for k in range(cycles + 2 * slots)]
     outcomes = [_outcome(k) for k in range(64)]
@@ -191,13 +206,13 @@ def main() -> int:
     args = ap.parse_args()
     base = _median_runs(lambda _n, c: run_baseline(c), "baseline", args.cycles, args.repeats)
     routers = {}
-    for name in [*ROUTERS.names(), "locality_block16"]:
+    for name in [*ROUTERS.names(), "locality_block16", *(n + GATE for n in GATED_ROUTERS)]:
         cycles = args.cycles // 2 if name in LOCALITY_VARIANTS else args.cycles
         r = _median_runs(run_router, name, cycles, args.repeats)
         r["vs_baseline_p50"] = round(r["p50_us"] / max(base["p50_us"], 1e-3), 1)
         routers[name] = r
     policies = {}
-    for name in POLICIES.names():
+    for name in [*POLICIES.names(), *(n + GATE for n in GATED_POLICIES)]:
         policies[name] = _median_runs(run_policy, name, args.cycles, args.repeats)
     mem = round(queued_100k_mb(), 1)
     failures = []

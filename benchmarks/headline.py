@@ -9,7 +9,7 @@ finalist, sensitivity to the target, further workload seeds, deployment variants
 ``reports/headline_summaries.csv`` and ``reports/headline_*.png``; run files (Parquet, one
 per simulation, reused by a rerun) go to ``--work``.
 
-    .venv/bin/python benchmarks/headline.py --workers 2   # about 9 min from scratch here
+    .venv/bin/python benchmarks/headline.py --workers 2   # about 30 min from scratch here
 
 Cluster: Llama-3-8B on 2 H100 + 2 A100 (``sagellm compare``'s built-in ``default``: one TP-1
 vLLM-like engine per GPU, at most 128 requests in flight per engine, global queue of 5,000).
@@ -19,6 +19,13 @@ cached tokens) and the prefix-aware routers index 512-token blocks. The Mooncake
 use 128-token KV blocks instead of vLLM's 16 because the simulator's per-block bookkeeping
 makes 16-token blocks on 13k-token prompts about 30x slower; the baseline and the best pair
 are rerun with 16-token blocks at the key loads and both are reported.
+
+Every policy x router pair runs twice: as configured (the TPOT admission gate off, the
+project default) and with ``ControlPlaneConfig.tpot_gate`` = ``--gate`` (0.8; pairs named
+``<policy>+gate``), which holds requests in the control plane's queue, in the policy's order,
+while an engine's predicted time per output token would exceed 0.8 x the tightest TPOT SLO
+it serves (:mod:`control_plane.gate`). The baseline stays fifo / round_robin without the gate;
+fifo+gate / round_robin is a finalist, so the gate's own gain is reported separately.
 """
 
 from __future__ import annotations
@@ -41,11 +48,35 @@ from sagellm.trace_files import default_traces_dir
 from sim.config import SimConfig
 from sim.hardware import instances_for
 
-QUEUE_NOTE = ("the queue policies order the control plane's global queue, which holds a "
-              "request only while every engine already has 128 in flight; below that every "
-              "policy dispatches at once and the engines' own FCFS order applies, so policies "
-              "can only differ at high load (or by admission: slo sheds requests it deems "
-              "SLO-infeasible, adaptive rejects under overload)")
+QUEUE_NOTE = ("the queue policies order the control plane's global queue. Without the TPOT "
+              "gate it holds a request only while every engine already has 128 in flight; "
+              "below that every policy dispatches at once and the engines' own FCFS order "
+              "applies, so policies can only differ at high load (or by admission: slo sheds "
+              "requests it deems SLO-infeasible, adaptive rejects under overload). With the "
+              "gate (`+gate` pairs) it also holds requests that would push an engine's "
+              "predicted time per output token past the gate, so it forms at lower load and "
+              "the policy's order decides who waits")
+GATE = 0.8  # ControlPlaneConfig.tpot_gate of the gated pairs
+AZURE_DIAGNOSIS = (
+    "why the gate (diagnosis at the knee without it, workload seed 0): with fifo / "
+    "round_robin 1,109 interactive requests miss, 1,034 of them their TTFT, after 3.4 s "
+    "(mean) in the control plane's queue (0.06 s in the engines' queues); with priority / "
+    "round_robin 243 miss, 239 of them their 100 ms TPOT, every one on an A100: round robin "
+    "keeps the A100s at ~119 requests in flight, where their decode steps, slowed by the "
+    "prefills they interleave, take 67-70 ms per token at the median and 101-104 ms at the "
+    "p90 (the H100s: 17 ms). The gate keeps interactive work off an engine predicted past "
+    "0.8 x 100 ms and holds what fits nowhere in the queue, where priority orders it")
+MOONCAKE_DIAGNOSIS = (
+    "diagnosis at the knee (priority / round_robin, no gate): 215 of the 227 missed "
+    "interactive requests miss their 1 s TTFT, 159 of them on the A100s (79 % of the "
+    "interactive requests served there miss, 21-27 % on the H100s): a mean prompt takes "
+    "about 1 s to prefill on an A100; they waited 2.6 s (mean) in the engines' queues and "
+    "0 s in the control plane's. The TPOT gate does not address that (it protects decode "
+    "speed). A second gate, holding requests while an engine reports a waiting queue, was "
+    "tried and left out: +6 points for round_robin (it steers it away from queued engines, "
+    "as least_loaded already does), nothing for least_loaded, and priority still took the "
+    "same decisions as fifo (the H100s had room). What would help is TTFT-aware placement "
+    "(requests whose TTFT only the H100s can meet go there), not built here")
 POLICIES = ("fifo", "priority", "slo", "cost", "adaptive", "fair")
 MODEL = "llama-3-8b"
 HARDWARE = (("h100", 2), ("a100", 2))  # as sagellm compare's built-in "default" cluster
@@ -95,14 +126,19 @@ def variants(**kv: object) -> tuple[tuple[str, ClusterChoice], ...]:
 
 
 def studies(traces: Path, azure_requests: int | None, mooncake_requests: int,
-            seed: int, seeds: tuple[int, ...]) -> list[Study]:
+            seed: int, seeds: tuple[int, ...], gate: float | None = GATE) -> list[Study]:
+    """The two studies; every pair with the TPOT gate off and at ``gate`` (None: off only)."""
+    gates = (None,) if gate is None else (None, gate)
+    finalists = 5 if gate is None else 6  # the gate alone takes a finalist's place
     azure = Study(
         "azure_conv", "Azure LLM 2023 conversation",
         WorkloadChoice(trace=str(traces / "azure_llm_2023_conv.csv"), requests=azure_requests,
                        seed=seed, classes="default"),
         builtin_cluster("default"), POLICIES, routers(16, 8),
-        grid=(0.05, 0.3, 0.6, 0.9, 1.2), seeds=seeds, variants=variants(),
-        notes=(QUEUE_NOTE, "the trace has no prefix hashes: locality reduces to the least "
+        grid=(0.05, 0.3, 0.6, 0.9, 1.2), seeds=seeds, variants=variants(), gates=gates,
+        finalists=finalists,
+        notes=(QUEUE_NOTE, AZURE_DIAGNOSIS, "the trace has no prefix hashes: locality "
+               "reduces to the least "
                "utilised instance (= least_connections) and llm-d to its load scorers",
                "weighted_round_robin is left out: with the default unit weights it is "
                "round_robin"))
@@ -114,8 +150,10 @@ def studies(traces: Path, azure_requests: int | None, mooncake_requests: int,
         POLICIES, routers(512, 1), grid=(0.05, 0.3, 0.6, 0.9, 1.2),
         check_cluster=hetero_cluster("default-kv16-hash512", block_size=16,
                                      hash_block_size=512),
-        seeds=seeds, variants=variants(block_size=128, hash_block_size=512),
-        notes=(QUEUE_NOTE, "a mean Mooncake prompt (~13.7k tokens here) fills 1/30 of an "
+        seeds=seeds, variants=variants(block_size=128, hash_block_size=512), gates=gates,
+        finalists=finalists,
+        notes=(QUEUE_NOTE, MOONCAKE_DIAGNOSIS, "a mean Mooncake prompt (~13.7k tokens here) "
+               "fills 1/30 of an "
                "engine's 411,520-token KV cache, so requests wait inside the engines (in "
                "their FCFS order) long before 128 are in flight: the control plane's queue "
                "rarely forms and only slo (shedding SLO-infeasible requests at admission) and "
@@ -144,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--check-seeds", default="1,2",
                     help="further workload seeds for the goal search of the key pairs [1,2]")
     ap.add_argument("--only", choices=("azure_conv", "mooncake_conv"), default=None)
+    ap.add_argument("--gate", type=float, default=GATE,
+                    help=f"TPOT gate of the gated pairs (ControlPlaneConfig.tpot_gate); 0: no "
+                         f"gated pairs [{GATE:g}]")
     args = ap.parse_args(argv)
     traces = Path(args.traces) if args.traces else default_traces_dir()
     command = ".venv/bin/python benchmarks/headline.py " + " ".join(
@@ -152,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     seeds = tuple(int(x) for x in args.check_seeds.split(",") if x.strip())
     for study in studies(traces, args.azure_requests, args.mooncake_requests, args.seed,
-                         seeds):
+                         seeds, args.gate or None):
         if args.only and study.name != args.only:
             continue
         r = run_study(study, Path(args.work) / study.name, workers=args.workers,

@@ -2,13 +2,18 @@
 
 The manager calls these methods as events arrive; policies and routers only read the views.
 Each update is O(1) except a change of health, which also drops the cached candidate tuples.
+With the TPOT admission gate on (``tpot_gate``, :mod:`control_plane.gate`) a dispatch or a
+release also updates the instance's tightest in-flight TPOT SLO (a count per distinct bound:
+O(distinct bounds) when the tightest one leaves) and its predicted time per output token.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 from control_plane.errors import UnknownInstanceError, ValidationError
+from control_plane.gate import predicted_tpot_s
 from control_plane.types import (
     NUM_PRIORITIES,
     ClusterView,
@@ -26,10 +31,11 @@ _EWMA_ALPHA = 0.2  # weight of the newest sample in the decaying latency average
 
 
 class ClusterState:
-    """Owns the views; enforces per-instance limits (concurrency, KV headroom)."""
+    """Owns the views; enforces per-instance limits (concurrency, KV headroom, and the TPOT
+    gate when ``tpot_gate`` is set: see :mod:`control_plane.gate`)."""
 
     def __init__(self, specs: Iterable[InstanceSpec], *, kv_headroom: float = 0.95,
-                 stats_stale_s: float | None = None) -> None:
+                 stats_stale_s: float | None = None, tpot_gate: float | None = None) -> None:
         specs = tuple(specs)
         if not specs:
             raise ValidationError("ClusterState", "instances", (), "needs at least one instance")
@@ -42,10 +48,18 @@ class ClusterState:
             seen.add(s.instance_id)
         if not 0.0 < kv_headroom <= 1.0:
             raise ValidationError("ClusterState", "kv_headroom", kv_headroom, "must be in (0, 1]")
+        if tpot_gate is not None and (isinstance(tpot_gate, bool)
+                                      or not isinstance(tpot_gate, (int, float))
+                                      or not 0.0 < tpot_gate < math.inf):
+            raise ValidationError("ClusterState", "tpot_gate", tpot_gate,
+                                  "must be a number > 0 or None")
         self.kv_headroom = kv_headroom
         self.stats_stale_s = stats_stale_s
+        self.tpot_gate = tpot_gate
         self.view = ClusterView(tuple(InstanceView(s, i) for i, s in enumerate(specs)))
         self._queued = [0] * NUM_PRIORITIES
+        # per instance (by index): in-flight requests per distinct TPOT SLO bound (gate only)
+        self._tpot_bounds: list[dict[float, int]] = [{} for _ in specs]
 
     # -- lookup -----------------------------------------------------------------------
     def __getitem__(self, instance_id: str) -> InstanceView:
@@ -59,9 +73,47 @@ class ClusterState:
     def _room(self, v: InstanceView) -> bool:
         if v.inflight >= v.spec.max_inflight:
             return False
-        if v.spec.kv_capacity_tokens > 0 and v.observed_s is not None:
-            return v.est_kv_usage < self.kv_headroom
-        return True
+        if (v.spec.kv_capacity_tokens > 0 and v.observed_s is not None
+                and v.est_kv_usage >= self.kv_headroom):
+            return False
+        gate = self.tpot_gate
+        return gate is None or not v.inflight or v.next_tpot_s <= gate * v.tpot_bound_s
+
+    def gate_admits(self, v: InstanceView, request: Request) -> bool:
+        """Whether the TPOT gate lets ``request`` onto ``v`` given the request's own TPOT
+        SLO (the in-flight requests' bounds are in ``has_room``). True when the gate is off,
+        the request has no TPOT SLO or ``v`` runs nothing."""
+        gate = self.tpot_gate
+        if gate is None or not v.inflight:
+            return True
+        slo = request.slo
+        return slo is None or slo.tpot_s is None or v.next_tpot_s <= gate * slo.tpot_s
+
+    def _gate_update(self, v: InstanceView, request: Request, sign: int) -> None:
+        """Fold a dispatch (+1) or release (-1) into the gate's figures of ``v``."""
+        slo = request.slo
+        if slo is not None and slo.tpot_s is not None:
+            bounds = self._tpot_bounds[v.index]
+            bound = slo.tpot_s
+            left = bounds.get(bound, 0) + sign
+            if left:
+                bounds[bound] = left
+            else:
+                del bounds[bound]
+            if sign > 0:
+                if bound < v.tpot_bound_s:
+                    _set(v, "tpot_bound_s", bound)
+            elif not left and bound == v.tpot_bound_s:
+                _set(v, "tpot_bound_s", min(bounds) if bounds else math.inf)
+        n = v.inflight
+        if n:
+            per = v.prefill_per_step + sign * request.prompt_tokens / max(
+                1, request.expected_output_tokens)
+        else:
+            per = 0.0  # nothing in flight: no rounding residue carried over
+        _set(v, "prefill_per_step", per)
+        _set(v, "next_tpot_s", predicted_tpot_s(v.spec, n + 1, per * (n + 1) / n)
+             if n else predicted_tpot_s(v.spec, 1, 0.0))
 
     def _refresh_room(self, v: InstanceView) -> None:
         room = self._room(v)
@@ -78,7 +130,11 @@ class ClusterState:
         _set(v, "inflight_prompt_tokens", v.inflight_prompt_tokens + request.prompt_tokens)
         _set(v, "dispatched_total", v.dispatched_total + 1)
         _set(v, "kv_tokens_since_observed", v.kv_tokens_since_observed + tokens)
-        if v.has_room and (v.inflight >= v.spec.max_inflight or v.spec.kv_capacity_tokens):
+        if self.tpot_gate is not None:
+            self._gate_update(v, request, 1)
+            if v.has_room:
+                self._refresh_room(v)
+        elif v.has_room and (v.inflight >= v.spec.max_inflight or v.spec.kv_capacity_tokens):
             self._refresh_room(v)
 
     def released(self, v: InstanceView, request: Request) -> None:
@@ -86,7 +142,10 @@ class ClusterState:
         _set(v, "inflight", v.inflight - 1)
         _set(v, "inflight_tokens", v.inflight_tokens - tokens)
         _set(v, "inflight_prompt_tokens", v.inflight_prompt_tokens - request.prompt_tokens)
-        if not v.has_room:
+        if self.tpot_gate is not None:
+            self._gate_update(v, request, -1)
+            self._refresh_room(v)
+        elif not v.has_room:
             self._refresh_room(v)
 
     def observed(self, v: InstanceView, stats: EngineStats, now: float) -> None:

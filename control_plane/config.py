@@ -25,6 +25,11 @@ class ControlPlaneConfig:
     usage is below this. ``stats_stale_s``: engine stats older than this are ignored.
     ``health_timeout_s``: an instance that sent no stats for this long is marked down (and
     up again when stats arrive). ``max_queue_wait_s``: queued longer than this -> rejected.
+    ``tpot_gate``: the TPOT admission gate (None: off), a fraction ``f`` > 0: an instance
+    that runs work gets no new request while its predicted time per output token with one
+    more request exceeds ``f`` x the tightest TPOT SLO among its in-flight requests and the
+    new request's own; such requests wait in the global queue, in the policy's order (see
+    :mod:`control_plane.gate` for the prediction).
     ``seed``: seeds the router's random generator.
     """
 
@@ -36,6 +41,7 @@ class ControlPlaneConfig:
     stats_stale_s: float | None = None
     health_timeout_s: float | None = None
     max_queue_wait_s: float | None = None
+    tpot_gate: float | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -65,6 +71,11 @@ class ControlPlaneConfig:
             if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool)
                                   or not math.isfinite(v) or v <= 0):
                 raise bad(name, "must be a number > 0 or null")
+        g = self.tpot_gate
+        if g is not None and (not isinstance(g, (int, float)) or isinstance(g, bool)
+                              or not math.isfinite(g) or g <= 0):
+            raise bad("tpot_gate", "must be a number > 0 (a fraction of the TPOT SLO, e.g. "
+                      "0.8) or null (off)")
         if _not_int(self.seed):
             raise bad("seed", "must be an integer")
 

@@ -71,7 +71,8 @@ class ControlPlane:
             config = ControlPlaneConfig.from_dict(config)
         self.config = config
         self.state = ClusterState(instances, kv_headroom=config.kv_headroom,
-                                  stats_stale_s=config.stats_stale_s)
+                                  stats_stale_s=config.stats_stale_s,
+                                  tpot_gate=config.tpot_gate)
         self.cluster: ClusterView = self.state.view
         self._policy = policy if isinstance(policy, QueuePolicy) else create_policy(policy)
         self._router = router if isinstance(router, Router) else create_router(router)
@@ -289,10 +290,24 @@ class ControlPlane:
                     candidates = fresh
                 elif self._usable_elsewhere(request, failed, now):
                     return None  # wait for room where it has not failed yet
-        iid = self._router.route(request, candidates, cluster, self._rng)
+        view = self._pick(request, candidates)
+        state = self.state
+        if view is not None and state.tpot_gate is not None and not state.gate_admits(
+                view, request):
+            # the TPOT gate refuses the request there (its own TPOT SLO is tighter than
+            # the in-flight ones' the instance's room allows for): the router picks again
+            # among the instances the gate admits it to, or it waits in the queue
+            admits = state.gate_admits
+            candidates = tuple(c for c in candidates if admits(c, request))
+            view = self._pick(request, candidates) if candidates else None
+        return view
+
+    def _pick(self, request: Request, candidates: tuple[InstanceView, ...]
+              ) -> InstanceView | None:
+        iid = self._router.route(request, candidates, self.cluster, self._rng)
         if iid is None:
             return None
-        view = cluster.get(iid)
+        view = self.cluster.get(iid)
         if view is None or view.health is not _UP or not view.has_room:
             raise ControlPlaneError(
                 f"router {self._router.name!r} picked {iid!r}, which is not a candidate "

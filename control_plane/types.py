@@ -187,7 +187,10 @@ class InstanceSpec:
     no KV headroom check). ``weight``: relative capacity for weighted routing.
     ``tokens_per_s``: nominal batched throughput, used to price a token on this instance.
     ``prefill_tokens_per_s`` / ``decode_s_per_token``: nominal speeds for latency estimates
-    until a performance model or observed latencies refine them.
+    until a performance model or observed latencies refine them (``decode_s_per_token``: one
+    decode iteration of a batch of 32 sequences). ``decode_s_per_seq``: how much longer a
+    decode iteration gets per further sequence in the batch (0: unknown, taken as flat; used
+    by the TPOT admission gate, :mod:`control_plane.gate`).
     """
 
     instance_id: str
@@ -199,6 +202,7 @@ class InstanceSpec:
     tokens_per_s: float = 2000.0
     prefill_tokens_per_s: float = 8000.0
     decode_s_per_token: float = 0.02
+    decode_s_per_seq: float = 0.0
     url: str | None = None
 
     def __post_init__(self) -> None:
@@ -213,6 +217,7 @@ class InstanceSpec:
         _check_number(owner, "tokens_per_s", self.tokens_per_s, strict=True)
         _check_number(owner, "prefill_tokens_per_s", self.prefill_tokens_per_s, strict=True)
         _check_number(owner, "decode_s_per_token", self.decode_s_per_token, strict=True)
+        _check_number(owner, "decode_s_per_seq", self.decode_s_per_seq)
 
     @property
     def usd_per_token(self) -> float:
@@ -262,6 +267,11 @@ class InstanceView(_ReadOnly):
     ``kv_tokens_since_observed`` (tokens dispatched since that report).
     Observed latencies (decaying averages of completed requests): ``ewma_ttft_s``,
     ``ewma_e2e_s``, ``ewma_s_per_output_token``.
+    TPOT admission gate (maintained only while ``ControlPlaneConfig.tpot_gate`` is set; see
+    :mod:`control_plane.gate`): ``tpot_bound_s`` the tightest TPOT SLO among the in-flight
+    requests (+inf when none has one), ``prefill_per_step`` the estimated prefill tokens per
+    decode step of the in-flight mix, ``next_tpot_s`` the predicted seconds per output
+    token with one more request in flight.
     ``has_room``: the instance accepts one more request under its limits.
     """
 
@@ -281,8 +291,11 @@ class InstanceView(_ReadOnly):
         "inflight_tokens",
         "instance_id",
         "kv_tokens_since_observed",
+        "next_tpot_s",
         "observed_s",
+        "prefill_per_step",
         "spec",
+        "tpot_bound_s",
     )
 
     def __init__(self, spec: InstanceSpec, index: int) -> None:
@@ -302,6 +315,9 @@ class InstanceView(_ReadOnly):
         _set(self, "ewma_ttft_s", None)
         _set(self, "ewma_e2e_s", None)
         _set(self, "ewma_s_per_output_token", None)
+        _set(self, "tpot_bound_s", math.inf)
+        _set(self, "prefill_per_step", 0.0)
+        _set(self, "next_tpot_s", 0.0)
         _set(self, "has_room", True)
 
     @property

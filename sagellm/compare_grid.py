@@ -19,7 +19,9 @@ A :class:`Grid` is built from command-line options or a sweep file (:func:`load_
 
 Errors name the file and the key path (``sweep.yaml: clusters[1].file: ...``).
 :func:`expand` turns a grid into :class:`RunSpec` s, each with a stable run key: a hash of
-the workload's fingerprint, the cluster's definition, the policy and router specs and the
+the workload's fingerprint, the cluster's definition, its control-plane settings (every
+:class:`~control_plane.ControlPlaneConfig` field but the seed, so a run made under other
+settings, or before a setting existed, is not reused), the policy and router specs and the
 load (the seed and the request count are in the fingerprint).
 """
 
@@ -287,10 +289,22 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "-", text).strip("-") or "x"
 
 
+def _control_key(control: ControlPlaneConfig) -> dict[str, Any]:
+    """The control-plane settings as they enter a run key: every field but ``seed`` (the
+    workload's seed sets it), sets as sorted lists."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(control):
+        if f.name != "seed":
+            v = getattr(control, f.name)
+            out[f.name] = sorted(v) if isinstance(v, (set, frozenset)) else v
+    return out
+
+
 def run_key(workload: PreparedWorkload, cluster: ClusterChoice, policy: object,
             router: object, load: float, unit: str) -> str:
-    blob = json.dumps({"v": 1, "workload": workload.fingerprint, "cluster": cluster.definition,
-                       "policy": policy, "router": router, "load": float(load), "unit": unit},
+    blob = json.dumps({"v": 2, "workload": workload.fingerprint, "cluster": cluster.definition,
+                       "control": _control_key(cluster.control), "policy": policy,
+                       "router": router, "load": float(load), "unit": unit},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

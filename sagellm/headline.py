@@ -14,9 +14,10 @@ estimated capacity (:mod:`sagellm.capacity`) and every run a :mod:`sagellm.compa
    in the report).
 2. **All pairs at the knee**, ranked by attainment, then goodput, then lower p99 e2e.
 3. **Finalists.** The baseline, the best pair with the baseline's policy (the router's gain
-   alone), and pairs in rank order, skipping pairs whose figures at the knee equal those of
-   a pair already taken (e.g. ``priority`` and ``slo`` when they take the same decisions),
-   ``finalists`` pairs in all.
+   alone), the baseline with the TPOT admission gate when the study has gated pairs (the
+   gate's gain alone; :class:`Pair`), and pairs in rank order, skipping pairs whose figures
+   at the knee equal those of a pair already taken (e.g. ``priority`` and ``slo`` when they
+   take the same decisions), ``finalists`` pairs in all.
 4. **Goodput at the goal target.** Per finalist, the highest load at which attainment is
    still >= ``goal_target`` (the grid, extended down to ``min_load`` / up to ``max_load``
    until the target is bracketed, then ``goal_rounds`` rounds of bisection), and its ratio to
@@ -42,7 +43,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from control_plane import ConfigError
+from control_plane import ConfigError, ControlPlaneConfig
 from sagellm.capacity import cluster_capacity_rps
 from sagellm.compare_exec import execute
 from sagellm.compare_grid import ClusterChoice, Grid, RunSpec, expand
@@ -70,14 +71,30 @@ def short_name(spec: object) -> str:
 
 @dataclass(frozen=True)
 class Pair:
-    """A policy spec and a router spec, named ``"<policy> / <router>"``."""
+    """A policy spec and a router spec, named ``"<policy> / <router>"``, and the TPOT
+    admission gate the run's control plane uses (``ControlPlaneConfig.tpot_gate``; None:
+    off, as in the cluster's own settings), marked ``+gate`` after the policy's name."""
 
     policy: Any
     router: Any
+    gate: float | None = None
+
+    @property
+    def policy_label(self) -> str:
+        name = short_name(self.policy)
+        return name if self.gate is None else f"{name}+gate"
 
     @property
     def label(self) -> str:
-        return f"{short_name(self.policy)} / {short_name(self.router)}"
+        return f"{self.policy_label} / {short_name(self.router)}"
+
+    def cluster(self, cluster: ClusterChoice) -> ClusterChoice:
+        """``cluster`` with this pair's gate in its control-plane settings (and name)."""
+        if self.gate is None:
+            return cluster
+        return dataclasses.replace(
+            cluster, name=f"{cluster.name}+gate{self.gate:g}",
+            control=dataclasses.replace(cluster.control, tpot_gate=self.gate))
 
 
 @dataclass(frozen=True)
@@ -90,8 +107,11 @@ class Study:
     secondary) search. ``check_cluster``: optional second cluster on which the baseline and
     the best pair are rerun at the knee and at their goal loads (e.g. a finer modelling
     setting). ``variants``: (description, cluster) deployment variants on which the baseline
-    and every policy with the best pair's router run at the knee (not part of the answer:
-    they show what a setting outside the policies and routers would change)."""
+    and every policy with the best pair's router (and gate) run at the knee (not part of
+    the answer: they show what a setting outside the policies and routers would change).
+    ``gates``: the TPOT admission gate settings every policy x router pair is run with
+    (None: off; see :class:`Pair`); with a gate, the baseline's policy and router with the
+    first gate is a finalist too (the gate's gain alone)."""
 
     name: str
     title: str
@@ -115,10 +135,22 @@ class Study:
     seeds: tuple[int, ...] = ()
     check_cluster: ClusterChoice | None = None
     variants: tuple[tuple[str, ClusterChoice], ...] = ()
+    gates: tuple[float | None, ...] = (None,)
     notes: tuple[str, ...] = ()
 
     def pairs(self) -> list[Pair]:
-        return [Pair(p, r) for p in self.policies for r in self.routers]
+        return [Pair(p, r, g) for g in self.gates for p in self.policies for r in self.routers]
+
+    def policy_labels(self) -> list[str]:
+        """Every pair's policy label (``priority``, ``priority+gate``), in pair order."""
+        return list(dict.fromkeys(p.policy_label for p in self.pairs()))
+
+    def gate_alone(self) -> Pair | None:
+        """The baseline's policy and router with the first gate of ``gates``, if any."""
+        gate = next((g for g in self.gates if g is not None), None)
+        if gate is None:
+            return None
+        return Pair(self.baseline.policy, self.baseline.router, gate)
 
     def validate(self) -> Study:
         labels = [p.label for p in self.pairs()]
@@ -127,6 +159,9 @@ class Study:
             raise ConfigError(f"{self.name}: pairs with the same name {dup}")
         if self.baseline.label not in labels:
             raise ConfigError(f"{self.name}: baseline {self.baseline.label} is not a pair")
+        for g in self.gates:
+            if g is not None:
+                ControlPlaneConfig(tpot_gate=g)  # raises ConfigError naming tpot_gate
         if sorted(self.grid) != list(self.grid) or not self.grid or self.grid[0] <= 0:
             raise ConfigError(f"{self.name}: grid must be increasing loads > 0")
         for t in (self.knee_target, self.goal_target):
@@ -162,7 +197,7 @@ class Runner:
 
     def _spec(self, pair: Pair, load: float) -> RunSpec:
         grid = Grid(self.study.workload, (pair.policy,), (pair.router,), (load,),
-                    (self.cluster,))
+                    (pair.cluster(self.cluster),))
         (spec,) = expand(grid, self.prepared)
         return spec
 
@@ -182,8 +217,9 @@ class Runner:
             df, meta = read_run(paths[key])
             pair = by_label[key[0]]
             self.rows[key] = {"study": self.study.name, "cluster_name": self.cluster.name,
-                              "pair": pair.label, "policy_name": short_name(pair.policy),
-                              "router_name": short_name(pair.router), "stage": stage,
+                              "pair": pair.label, "policy_name": pair.policy_label,
+                              "router_name": short_name(pair.router), "gate": pair.gate,
+                              "stage": stage,
                               **summary_row(df, meta), **run_extras(df)}
         return [self.rows[(p.label, x)] for p, x in points]
 
@@ -216,14 +252,16 @@ def _figures(row: Mapping[str, Any]) -> tuple:
     return tuple(round(float(row[c]), 9) for c in _FIGURES)
 
 
-def pick_finalists(ranked: pd.DataFrame, baseline: str, baseline_policy: str, n: int
-                   ) -> list[str]:
-    """The baseline, the best pair with the baseline's policy, then pairs in rank order
-    whose figures differ from every pair taken, ``n`` in all (see the module doc)."""
+def pick_finalists(ranked: pd.DataFrame, baseline: str, baseline_policy: str, n: int,
+                   also: Iterable[str] = ()) -> list[str]:
+    """The baseline, the best pair with the baseline's policy, the pairs ``also`` (e.g.
+    the baseline with the TPOT gate), then pairs in rank order whose figures differ from
+    every pair taken, ``n`` in all (see the module doc)."""
     out = [baseline]
     same = ranked[ranked["policy_name"] == baseline_policy]
     if len(same) and same.iloc[0]["pair"] != baseline:
         out.append(str(same.iloc[0]["pair"]))
+    out += [p for p in also if p not in out and p in set(ranked["pair"])]
     taken = {_figures(r) for _, r in ranked[ranked["pair"].isin(out)].iterrows()}
     for _, r in ranked.iterrows():
         if len(out) >= n:
@@ -339,8 +377,9 @@ def run_study(study: Study, work_dir: str | Path, *, workers: int | None = None,
     log(f"{study.name}: {len(pairs)} pairs at the knee, load {knee_load:g}")
     at_knee = rank(pd.DataFrame(runner.run([(p, knee_load) for p in pairs.values()],
                                            "all pairs at the knee")))
-    finalists = pick_finalists(at_knee, base, short_name(study.baseline.policy),
-                               study.finalists)
+    gate_alone = study.gate_alone()
+    finalists = pick_finalists(at_knee, base, study.baseline.policy_label, study.finalists,
+                               [gate_alone.label] if gate_alone else [])
 
     log(f"{study.name}: goal search for {len(finalists)} finalists")
     evaluate = runner.evaluator(pairs, "goal search")
@@ -399,11 +438,11 @@ def run_study(study: Study, work_dir: str | Path, *, workers: int | None = None,
     for text, cluster in study.variants:
         log(f"{study.name}: variant {cluster.name}")
         other = Runner(study, cluster, work_dir, workers=workers, progress=progress)
-        router = pairs[result.best].router
+        router, gate = pairs[result.best].router, pairs[result.best].gate
         load = other.same_rate(runner, knee_load)
         points = [(pairs[base], load)] + [
-            (Pair(p, router), load) for p in study.policies
-            if Pair(p, router).label != base]
+            (Pair(p, router, gate), load) for p in study.policies
+            if Pair(p, router, gate).label != base]
         frames.append(pd.DataFrame(other.run(points, "variant")).assign(variant=text))
         runner.runs += other.runs
     if frames:

@@ -74,11 +74,13 @@ def _line_plot(path: Path, results: Sequence[StudyResult], panels: list[tuple[st
 def _heatmap(path: Path, results: Sequence[StudyResult]) -> Path:
     from sagellm.plots import plt
 
+    rows = max(len(r.study.policy_labels()) for r in results)
     fig, axes = plt.subplots(1, len(results), squeeze=False,
-                             figsize=(7.5 * len(results), 4.2), constrained_layout=True)
+                             figsize=(7.5 * len(results), max(4.2, 1.6 + 0.32 * rows)),
+                             constrained_layout=True)
     for c, r in enumerate(results):
         ax = axes[0][c]
-        pols = [short_name(p) for p in r.study.policies]
+        pols = r.study.policy_labels()
         routs = [short_name(x) for x in r.study.routers]
         grid = np.full((len(pols), len(routs)), np.nan)
         for _, row in r.at_knee.iterrows():

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from sagellm.compare_grid import ClusterChoice, spec_name
-from sagellm.headline import StudyResult, ratio_of, short_name
+from sagellm.headline import Study, StudyResult, ratio_of, short_name
 from sagellm.headline_plots import write_plots
 from sagellm.headline_sections import (
     CLASS_OF,
@@ -113,6 +113,16 @@ def _verdicts(results: Sequence[StudyResult]) -> list[str]:
         if router_only and ratio_of(table, base, router_only[0]) is not None:
             line += (f" The router alone ({router_only[0]}, same policy as the baseline) "
                      f"gives {ratio_of(table, base, router_only[0]):.2f}x.")
+        gate = s.gate_alone()
+        if gate is not None and ratio_of(table, base, gate.label) is not None:
+            line += (f" The TPOT gate alone ({gate.label}, the baseline's policy and router) "
+                     f"gives {ratio_of(table, base, gate.label):.2f}x.")
+            best_gated = r.best_ratio
+            if best_gated and best_gated.split(" / ")[0].endswith("+gate"):
+                x = ratio_of(table, gate.label, best_gated)
+                if x is not None:
+                    line += (f" Against {gate.label} (the gate on both sides) {best_gated} "
+                             f"sustains {x:.2f}x.")
         if r.sensitivity:
             parts = []
             for t in sorted({s.goal_target, *r.sensitivity}):
@@ -169,6 +179,19 @@ def _cluster_lines(c: ClusterChoice) -> list[str]:
     return lines
 
 
+def _gate_lines(s: Study) -> list[str]:
+    gates = [g for g in s.gates if g is not None]
+    if not gates:
+        return []
+    off = " and without" if None in s.gates else ""
+    return [f"- TPOT admission gate (`ControlPlaneConfig.tpot_gate`): every pair runs with "
+            f"the gate at {', '.join(f'{g:g}' for g in gates)}{off} (pairs with the gate: "
+            "`<policy>+gate`): an instance that runs work takes no new request while its "
+            "predicted time per output token with one more request exceeds that fraction of "
+            "the tightest TPOT SLO among its requests and the new one's; held requests wait "
+            "in the control plane's queue in the policy's order (`control_plane/gate.py`)"]
+
+
 def _study_setup(r: StudyResult) -> list[str]:
     s = r.study
     w = s.workload
@@ -181,6 +204,7 @@ def _study_setup(r: StudyResult) -> list[str]:
              *_cluster_lines(s.cluster),
              f"- policies: {', '.join(f'`{spec_name(p)}`' for p in s.policies)}",
              f"- routers: {', '.join(f'`{spec_name(p)}`' for p in s.routers)}",
+             *_gate_lines(s),
              f"- search: grid {list(s.grid)} x cap, knee {s.knee_rounds} rounds of "
              f"{s.per_round + 1}-section, goal {s.goal_rounds} rounds of bisection, loads in "
              f"[{s.min_load:g}, {s.max_load:g}]; sensitivity targets "
@@ -232,10 +256,12 @@ def write_headline(results: Sequence[StudyResult], out_dir: str | Path, *,
               "Per workload: (1) the knee: fifo / round_robin on the load grid, then rounds "
               "of k-section between the highest load meeting the knee target and the first "
               "failing one; the knee is that first failing load. (2) Every policy x router "
-              "pair at the knee, ranked by attainment, then goodput, then p99 end-to-end "
-              "latency. (3) Finalists: the baseline, the best pair with the baseline's policy "
-              "(the router's gain alone), then the best pairs at the knee whose figures "
-              "differ from those already taken. (4) For each finalist, the highest load "
+              "pair (with and without the TPOT gate, where the study has gated pairs) at the "
+              "knee, ranked by attainment, then goodput, then p99 end-to-end latency. (3) "
+              "Finalists: the baseline, the best pair with the baseline's policy (the "
+              "router's gain alone), the baseline's policy and router with the gate (the "
+              "gate's gain alone), then the best pairs at the knee whose figures differ from "
+              "those already taken. (4) For each finalist, the highest load "
               "meeting the goal target: the grid (extended down or up until bracketed), "
               "then rounds of bisection; the ratio is that load over the baseline's. The "
               "search takes the first failure when attainment is not monotone in load. "

@@ -20,8 +20,13 @@ CLASS_OF = {c.priority: c.name for c in DEFAULT_CLASSES}
 
 
 def pct(x: object, digits: int = 1) -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else \
-        f"{float(x) * 100:.{digits}f} %"
+    """A fraction as a percentage; more digits where rounding would show a miss as 100 %."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    v = float(x) * 100
+    while v < 100 and float(f"{v:.{digits}f}") >= 100 and digits < 4:
+        digits += 1
+    return f"{v:.{digits}f} %"
 
 
 def num(x: object, spec: str = ".2f") -> str:
@@ -154,9 +159,11 @@ def _goal_section(r: StudyResult, secondary: bool) -> list[str]:
                      "-" if ratio is None else f"{ratio:.2f}x",
                      f"{int(row['waiting_at_end'])} / {row['drain_s']:.0f}" if row else "-",
                      ", ".join(f"{x:g}:{a * 100:.1f}" for x, a in t.points)])
+    gate = r.study.gate_alone()
+    alone = f", {gate.label} (the TPOT gate alone)" if gate is not None else ""
     return [f"{title}, {r.study.title} (finalists: the baseline, the best pair with its "
-            "policy, then the best distinct pairs at the knee):", "", *md_table(header, rows),
-            ""]
+            f"policy{alone}, then the best distinct pairs at the knee):", "",
+            *md_table(header, rows), ""]
 
 
 def _sensitivity_section(r: StudyResult) -> list[str]:

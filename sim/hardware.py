@@ -15,7 +15,8 @@ instances). From the shared performance model (``control_plane.perf``):
   queue of its own as a real vLLM server does), KV capacity for the headroom check, and
   nominal speeds for latency estimates taken from the predictor: prefill tokens/s of a
   2,048-token prefill, seconds per output token at a batch of 32 sequences with 1,024
-  tokens of context each, throughput at that batch.
+  tokens of context each, its growth per further sequence (from a batch of 64), throughput
+  at a batch of 32.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from control_plane.engine import EngineConfig
+from control_plane.gate import NOMINAL_BATCH
 from control_plane.perf import Batch, IterationPredictor
 from control_plane.perf.hardware import get_gpu
 from control_plane.perf.memory import kv_capacity_tokens
@@ -35,7 +37,7 @@ from sim.config import InstanceSim
 
 __all__ = ["instances_for"]
 
-_ESTIMATE_BATCH = 32
+_ESTIMATE_BATCH = NOMINAL_BATCH  # the batch InstanceSpec.decode_s_per_token is quoted at
 _ESTIMATE_CONTEXT = 1024
 _ESTIMATE_PREFILL = 2048
 
@@ -71,6 +73,9 @@ def instances_for(model: str, gpu: str, count: int, parallel: ParallelConfig | N
                                             prefill_attention=_ESTIMATE_PREFILL ** 2))
     decode_s = predictor.iteration_s(Batch(decode_seqs=_ESTIMATE_BATCH,
                                            decode_context=_ESTIMATE_BATCH * _ESTIMATE_CONTEXT))
+    decode2_s = predictor.iteration_s(Batch(decode_seqs=2 * _ESTIMATE_BATCH,
+                                            decode_context=2 * _ESTIMATE_BATCH
+                                            * _ESTIMATE_CONTEXT))
     gpus = par.tp * par.pp
     price = g.price_per_hour_usd * gpus if price_per_hour_usd is None else price_per_hour_usd
     prefix = id_prefix or f"{m.name}-{g.name}-tp{par.tp}" + (f"pp{par.pp}" if par.pp > 1 else "")
@@ -82,6 +87,7 @@ def instances_for(model: str, gpu: str, count: int, parallel: ParallelConfig | N
             kv_capacity_tokens=cfg.kv_capacity_tokens,
             tokens_per_s=_ESTIMATE_BATCH / decode_s,
             prefill_tokens_per_s=_ESTIMATE_PREFILL / prefill_s,
-            decode_s_per_token=decode_s)
+            decode_s_per_token=decode_s,
+            decode_s_per_seq=max(0.0, (decode2_s - decode_s) / _ESTIMATE_BATCH))
         out.append(InstanceSim(spec, cfg, predictor))
     return out

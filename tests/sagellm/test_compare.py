@@ -62,6 +62,19 @@ def test_grid_expands_every_combination_with_stable_distinct_keys(trace):
         r.key for r in runs}
 
 
+def test_control_plane_settings_enter_the_run_key(trace):
+    """A built-in cluster's definition names only the cluster: its control-plane settings
+    (e.g. the TPOT gate) must still tell its runs apart, so a stale run file is not
+    reused; the seed does not count twice (the workload's seed sets it)."""
+    grid = small_grid(trace, loads=(1.0,), policies=("fifo",), routers=("round_robin",))
+    base = builtin_cluster("default")
+    gated = dataclasses.replace(base, control=dataclasses.replace(base.control, tpot_gate=0.8))
+    reseeded = dataclasses.replace(base, control=dataclasses.replace(base.control, seed=7))
+    keys = [expand(dataclasses.replace(grid, clusters=(c,)), prepare_workload(grid.workload)
+                   )[0].key for c in (base, gated, reseeded)]
+    assert keys[0] != keys[1] and keys[0] == keys[2]
+
+
 def test_rate_scales_are_multiples_of_the_trace_rate(trace):
     grid = dataclasses.replace(small_grid(trace), loads=(1.0, 2.0), load_unit="trace")
     wl = prepare_workload(grid.workload)

@@ -90,6 +90,7 @@ def test_short_names():
     assert short_name({"type": "locality", "params": {"block_size": 512}}) == "locality"
     assert short_name({"type": "pipeline", "params": {"name": "llm-d"}}) == "llm-d"
     assert Pair("slo", {"type": "pipeline"}).label == "slo / pipeline"
+    assert Pair("slo", "round_robin", 0.8).label == "slo+gate / round_robin"
 
 
 def _rows(*rows):
@@ -110,6 +111,9 @@ def test_rank_and_finalists_skip_identical_figures():
     assert pick_finalists(ranked, "fifo / rr", "fifo", 4) == [
         "fifo / rr", "fifo / ll", "prio / rr", "prio / ll"]
     assert pick_finalists(ranked, "fifo / rr", "fifo", 5)[-1] == "cost / rr"
+    # a pair asked for comes right after the router's gain alone
+    assert pick_finalists(ranked, "fifo / rr", "fifo", 4, ["cost / rr"]) == [
+        "fifo / rr", "fifo / ll", "cost / rr", "prio / rr"]
 
 
 def test_isolated_ttft_miss_counts_prompts_slower_than_their_slo():
@@ -143,6 +147,26 @@ def test_study_validation(tmp_path):
         _study(tmp_path, grid=(0.8, 0.2)).validate()
     with pytest.raises(ConfigError, match="same name"):
         _study(tmp_path, routers=("locality", {"type": "locality"})).validate()
+
+
+def test_gated_pairs_run_with_the_gate_and_the_gate_alone_is_a_finalist(tmp_path):
+    study = _study(tmp_path, gates=(None, 0.8), finalists=4)
+    labels = [p.label for p in study.pairs()]
+    assert "priority+gate / least_loaded" in labels and len(labels) == 8
+    assert study.policy_labels() == ["fifo", "priority", "fifo+gate", "priority+gate"]
+    assert study.gate_alone() == Pair("fifo", "round_robin", 0.8)
+    r = run_study(study, tmp_path / "work", workers=1)
+    assert r.finalists[:1] == ["fifo / round_robin"] and "fifo+gate / round_robin" in r.finalists
+    gated = r.rows[r.rows["pair"].str.contains("gate")]
+    assert set(gated["gate"]) == {0.8} and set(gated["cluster"]) == {"small+gate0.8"}
+    assert r.rows[~r.rows["pair"].str.contains("gate")]["gate"].isna().all()
+    # gated and ungated runs of the same point are different runs (keys and files)
+    knee = r.rows[np.isclose(r.rows["load"], r.knee_load)]
+    assert knee["key"].is_unique
+    text = write_headline([r], tmp_path / "rep").read_text()
+    assert "TPOT admission gate" in text and "The TPOT gate alone" in text
+    with pytest.raises(ConfigError, match="tpot_gate"):
+        _study(tmp_path, gates=(None, -1.0)).validate()
 
 
 def test_run_study_end_to_end_and_the_report(tmp_path):
