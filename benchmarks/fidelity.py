@@ -71,7 +71,7 @@ from sagellm.fidelity import (  # noqa: E402
     figures,
     rel_errors,
     sim_instances,
-    sim_records,
+    sim_run,
     write_records,
 )
 from sagellm.latency_cdfs import cdf_figure  # noqa: E402
@@ -220,16 +220,18 @@ def run(args) -> dict:
                 asyncio.run(_wait_idle(urls))
                 live, engine_side, client_cpu = asyncio.run(_live(
                     reqs, [i.spec for i in insts], urls, router, model, args.scrape_interval))
-                sim = sim_records(reqs, insts, router=router, network_delay_s=delay,
-                                  scrape_interval_s=args.scrape_interval,
-                                  tick_interval_s=args.scrape_interval)
+                simulated = sim_run(reqs, insts, router=router, network_delay_s=delay,
+                                    scrape_interval_s=args.scrape_interval,
+                                    tick_interval_s=args.scrape_interval)
+                sim = simulated.records
                 write_records(out, load, router, "live", live)
                 write_records(out, load, router, "sim", sim)
                 fl, fs = figures(live), figures(sim)
                 err = rel_errors(fs, fl)
                 runs.append({"load": load, "router": router, "rate_per_s": round(rate, 4),
                              "live": _round(fl), "sim": _round(fs), "err": _round(err),
-                             "engine_side": _round({**engine_means(engine_side, sim),
+                             "engine_side": _round({**engine_means(engine_side, simulated,
+                                                                   delay),
                                                     "gateway_client_cpu_cores": client_cpu}),
                              "live_failed": sum(r.status != "ok" for r in live)})
                 print(f"load {load:g} {router}: " + ", ".join(

@@ -41,12 +41,12 @@ from sagellm.capacity import cluster_capacity_rps
 from sagellm.latency_cdfs import latencies
 from sagellm.profiled import profiled_instances
 from sagellm.results import records_frame
-from sim import SimConfig, simulate
+from sim import SimConfig, SimResult, simulate
 from sim.config import InstanceSim
 from workloads import read_trace
 
 __all__ = ["FIELDS", "FidelityWorkload", "capacity_rps", "engine_means", "fidelity_workload",
-           "figures", "rel_errors", "sim_instances", "sim_records", "write_records"]
+           "figures", "rel_errors", "sim_instances", "sim_run", "write_records"]
 
 FIELDS = ("ttft_p50", "ttft_p90", "tpot_p50", "e2e_p50", "e2e_p90", "throughput")
 
@@ -112,13 +112,14 @@ def capacity_rps(instances: Sequence[InstanceSim], work: FidelityWorkload) -> fl
     return cluster_capacity_rps(instances, work.prompt_tokens, work.output_tokens)
 
 
-def sim_records(requests: Sequence[Request], instances: Sequence[InstanceSim], *,
-                router: object, policy: object = "fifo", network_delay_s: float = 0.0,
-                scrape_interval_s: float = 0.5,
-                tick_interval_s: float = 0.5) -> list[RequestRecord]:
+def sim_run(requests: Sequence[Request], instances: Sequence[InstanceSim], *,
+            router: object, policy: object = "fifo", network_delay_s: float = 0.0,
+            scrape_interval_s: float = 0.5, tick_interval_s: float = 0.5) -> SimResult:
+    """The simulated side, records and the engines' admission times (for
+    :func:`engine_means`)."""
     cfg = SimConfig(scrape_interval_s=scrape_interval_s, tick_interval_s=tick_interval_s,
-                    network_delay_s=network_delay_s)
-    return simulate(requests, instances, policy=policy, router=router, config=cfg).records
+                    network_delay_s=network_delay_s, track_admissions=True)
+    return simulate(requests, instances, policy=policy, router=router, config=cfg)
 
 
 def figures(records: Sequence[RequestRecord] | pd.DataFrame) -> dict[str, float]:
@@ -140,26 +141,34 @@ def figures(records: Sequence[RequestRecord] | pd.DataFrame) -> dict[str, float]
             "throughput": len(ok) / span if span > 0 else float("nan")}
 
 
-def engine_means(delta, records: Sequence[RequestRecord]) -> dict[str, float]:
+def engine_means(delta, sim: SimResult, network_delay_s: float) -> dict[str, float]:
     """Engine-side means over a live run (``delta``: the difference of the engines' summed
     ``/metrics`` histograms, :class:`live.calibrate_metrics.MetricsSnapshot`) next to the
-    simulator's: inter-token latency (all tokens after the first), queue time (arrival at
-    the engine to first scheduling) and prefill time (scheduling to first token). The
-    simulator's records give ITL exactly (finish - first token over the tokens after the
-    first); its queue + prefill is its TTFT less the network delays, which are not
-    separated here, so it is reported as ``sim_ttft_mean_s``."""
+    simulator's (``sim``, run by :func:`sim_run`): inter-token latency (all tokens after the
+    first), queue time (arrival at the engine to the start of the iteration that first
+    schedules the request) and prefill time (from then to the first token), and the
+    engine's TTFT (live: from the API server's arrival, so with its front end; simulated:
+    queue + prefill)."""
     def mean(key: str) -> float:
         c = delta.counts.get(key, 0.0)
         return delta.sums[key] / c if c else float("nan")
-    ok = [r for r in records if r.status == "ok" and r.first_token_s is not None]
+
+    def avg(values: list[float]) -> float:
+        return float(np.mean(values)) if values else float("nan")
+    ok = [r for r in sim.records if r.status == "ok" and r.first_token_s is not None]
     steps = sum(max(0, r.output_tokens - 1) for r in ok)
     sim_itl = (sum(r.finish_s - r.first_token_s for r in ok if r.output_tokens > 1) / steps
                if steps else float("nan"))
-    sim_ttft = (sum(r.first_token_s - r.arrival_s for r in ok) / len(ok)
-                if ok else float("nan"))
+    adm, d = sim.admissions, network_delay_s
+    timed = [r for r in ok if r.request_id in adm and r.dispatch_s is not None]
+    queue = [adm[r.request_id] - (r.dispatch_s + d) for r in timed]
+    prefill = [(r.first_token_s - d) - adm[r.request_id] for r in timed]
     return {"live_itl_mean_s": mean("itl"), "sim_itl_mean_s": sim_itl,
-            "live_queue_mean_s": mean("queue"), "live_prefill_mean_s": mean("prefill"),
-            "live_engine_ttft_mean_s": mean("ttft"), "sim_ttft_mean_s": sim_ttft}
+            "live_queue_mean_s": mean("queue"), "sim_queue_mean_s": avg(queue),
+            "live_prefill_mean_s": mean("prefill"), "sim_prefill_mean_s": avg(prefill),
+            "live_engine_ttft_mean_s": mean("ttft"),
+            "sim_engine_ttft_mean_s": avg([q + p for q, p in zip(queue, prefill,
+                                                                   strict=True)])}
 
 
 def rel_errors(sim: dict[str, float], live: dict[str, float]) -> dict[str, float]:

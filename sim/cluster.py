@@ -100,13 +100,15 @@ class _Inst:
                  "predictor", "series", "spec", "usd_per_token", "version", "wake",
                  "wake_prio", "work")
 
-    def __init__(self, idx: int, sim: InstanceSim, fast_forward: bool) -> None:
+    def __init__(self, idx: int, sim: InstanceSim, fast_forward: bool,
+                 track_admissions: bool = False) -> None:
         self.idx = idx
         self.spec = sim.spec
         self.iid = sim.spec.instance_id
         self.cfg = sim.engine
         self.predictor = sim.predictor or EngineModel.predictor_for(sim.spec)
-        self.engine = Engine(self.cfg, self.predictor, fast_forward=fast_forward)
+        self.engine = Engine(self.cfg, self.predictor, fast_forward=fast_forward,
+                             track_admissions=track_admissions)
         self.usd_per_token = sim.spec.usd_per_token
         self.down = False
         self.lost = [0, 0]  # iterations and preemptions of engines lost to failures
@@ -129,7 +131,9 @@ class ClusterRun:
         self.config = config
         self.env = _Env()
         self.delay = float(config.network_delay_s)
-        self.insts = [_Inst(i, s, config.fast_forward) for i, s in enumerate(insts)]
+        self.insts = [_Inst(i, s, config.fast_forward, config.track_admissions)
+                      for i, s in enumerate(insts)]
+        self.admissions: dict[str, float] = {}
         self.by_id = {x.iid: x for x in self.insts}
         self._share_hosts(insts)
         self.tracks: dict[str, _Track] = {}
@@ -165,8 +169,21 @@ class ClusterRun:
                 inst.host = [x for x in group if x is not inst]
                 if any(sd):
                     inst.predictor = SharedHostPredictor(inst.predictor, sd)
-                    inst.engine = Engine(inst.cfg, inst.predictor,
-                                         fast_forward=inst.engine.fast_forward)
+                    inst.engine = self._new_engine(inst)
+
+    def _new_engine(self, inst: _Inst) -> Engine:
+        c = self.config
+        return Engine(inst.cfg, inst.predictor, fast_forward=c.fast_forward,
+                      track_admissions=c.track_admissions)
+
+    def drain_admissions(self, inst: _Inst | None = None) -> None:
+        """Move the engines' admission logs into :attr:`admissions` (a request retried
+        elsewhere keeps its last engine's)."""
+        for x in (self.insts if inst is None else (inst,)):
+            log = x.engine.admissions
+            if log:
+                self.admissions.update(log)
+                log.clear()
 
     def _work(self, inst: _Inst, work: int) -> None:
         """``inst`` now does ``work`` (_IDLE, _DECODING, _PREFILLING): its host's other
@@ -361,7 +378,8 @@ class ClusterRun:
         inst.wake = False
         inst.lost[0] += inst.engine.steps
         inst.lost[1] += inst.engine.preemptions
-        inst.engine = Engine(inst.cfg, inst.predictor, fast_forward=self.config.fast_forward)
+        self.drain_admissions(inst)
+        inst.engine = self._new_engine(inst)
         if inst.host is not None:
             self._work(inst, _IDLE)
         self.execute(self.cp.set_health(inst.iid, Health.DOWN, self.env.now,

@@ -16,7 +16,9 @@ class SimConfig:
     """Driver settings. ``network_delay_s``: one way, gateway <-> engine (engine model;
     the request-level model has its own). ``fast_forward``: skip runs of identical decode
     iterations (identical results). ``keep_records``: per-request RequestRecords (else
-    compact columns, summary only). ``keep_series``: per-instance samples at each scrape."""
+    compact columns, summary only). ``keep_series``: per-instance samples at each scrape.
+    ``track_admissions``: the start of the iteration that first schedules each request on
+    the engine that served it (``SimResult.admissions``; vLLM's queue time ends there)."""
 
     scrape_interval_s: float = 0.5
     tick_interval_s: float = 0.5
@@ -24,6 +26,7 @@ class SimConfig:
     fast_forward: bool = True
     keep_records: bool = True
     keep_series: bool = True
+    track_admissions: bool = False
 
     def __post_init__(self) -> None:
         for name in ("scrape_interval_s", "tick_interval_s"):

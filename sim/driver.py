@@ -62,6 +62,9 @@ class SimResult:
     columns: RecordColumns | None = None  # keep_records=False: the compact records
     # per instance: engine iterations run and preemptions (engine model)
     engine_counters: dict[str, dict[str, int]] = field(default_factory=dict)
+    # SimConfig.track_admissions: request id -> start of the iteration that first scheduled
+    # it on the engine that served it
+    admissions: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> Summary:
         if self.columns is not None:
@@ -225,5 +228,7 @@ def simulate(requests: Iterable[Request], instances: Iterable[InstanceSpec | Ins
     run.records.sort(key=lambda rec: (rec.arrival_s, rec.request_id))
     engines = {x.iid: {"steps": x.engine.steps + x.lost[0],
                        "preemptions": x.engine.preemptions + x.lost[1]} for x in run.insts}
+    run.drain_admissions()
     return SimResult(run.records, specs, list(cp.switches), cp.counters, run.env.now,
-                     run.series() if config.keep_series else {}, run.columns, engines)
+                     run.series() if config.keep_series else {}, run.columns, engines,
+                     run.admissions)

@@ -85,3 +85,16 @@ def test_contention_keeps_fast_forward_exact_and_runs_deterministic():
     slower = sum(ff[r].finish_s for r in ff) / sum(x.finish_s for x in
                                                    _run(reqs, SLOWED, None).values())
     assert slower > 1.02
+
+
+def test_admissions_are_tracked_on_request_and_follow_a_retry():
+    reqs = [_req("a", 0.0, 200, 400), _req("b", 0.0, 200, 400)]
+    plain = simulate(reqs, _insts(BASE, None), config=SimConfig(network_delay_s=0.0))
+    assert plain.admissions == {}
+    # i0 fails while "a" decodes there: "a" is retried on i1, which admits it after "b"
+    res = simulate(reqs, _insts(BASE, None), failures=[("i0", 1.0, None)],
+                   config=SimConfig(network_delay_s=0.0, track_admissions=True))
+    recs = {r.request_id: r for r in res.records}
+    assert recs["a"].instance_id == "i1" and recs["a"].attempts == 2
+    assert res.admissions["b"] == 0.0
+    assert res.admissions["a"] > 1.0     # on i1, after the failure (not i0's at 0.0)
