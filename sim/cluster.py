@@ -177,12 +177,15 @@ class ClusterRun:
                       track_admissions=c.track_admissions)
 
     def drain_admissions(self, inst: _Inst | None = None) -> None:
-        """Move the engines' admission logs into :attr:`admissions` (a request retried
-        elsewhere keeps its last engine's)."""
+        """Move the engines' admission logs into :attr:`admissions` (a request admitted by
+        several engines, retried, keeps its latest admission: the serving engine's)."""
+        adm = self.admissions
         for x in (self.insts if inst is None else (inst,)):
             log = x.engine.admissions
             if log:
-                self.admissions.update(log)
+                for rid, t in log:
+                    if t >= adm.get(rid, t):
+                        adm[rid] = t
                 log.clear()
 
     def _work(self, inst: _Inst, work: int) -> None:
