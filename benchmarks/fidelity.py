@@ -40,7 +40,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import functools
 import json
+import operator
 import os
 import re
 import resource
@@ -56,7 +58,7 @@ sys.path.insert(0, str(ROOT))
 
 from control_plane import ControlPlane  # noqa: E402
 from control_plane.perf.profile import NEIGHBOUR_KEYS  # noqa: E402
-from live.calibrate_metrics import MetricsSnapshot, parse_snapshot  # noqa: E402
+from live.calibrate_metrics import parse_snapshot  # noqa: E402
 from live.engine_spec import EngineSpec  # noqa: E402
 from live.gateway import Gateway, GatewayConfig  # noqa: E402
 from live.launcher import EngineGroup  # noqa: E402
@@ -109,15 +111,9 @@ async def _wait_idle(urls: list[str], timeout_s: float = 120.0) -> None:
 
 def _snapshot(urls: list[str]):
     """The engines' histogram totals, summed (engine-side timings of the run)."""
-    total = None
-    for u in urls:
-        snap = parse_snapshot(urllib.request.urlopen(u + "/metrics", timeout=10).read()
-                              .decode())
-        total = snap if total is None else MetricsSnapshot(
-            {k: v + total.sums.get(k, 0.0) for k, v in snap.sums.items()},
-            {k: v + total.counts.get(k, 0.0) for k, v in snap.counts.items()},
-            {k: v + total.values.get(k, 0.0) for k, v in snap.values.items()})
-    return total
+    snaps = [parse_snapshot(urllib.request.urlopen(u + "/metrics", timeout=10).read().decode())
+             for u in urls]
+    return functools.reduce(operator.add, snaps)
 
 
 async def _live(requests, specs, urls, router, model, scrape_s):
@@ -145,11 +141,11 @@ def _calibrate_here(urls: list[str], out: Path, budget_s: float, repeats: int) -
     --engine URL --neighbour URL``, in this process as the replay's client will be): one
     profile per engine, measured in the launch the replay then uses."""
     from control_plane.perf.profile import write_profile
+    from live.calibrate import CALIBRATION_TIMEOUTS as t
     from live.calibrate import CalibrationConfig, calibrate
-    from live.client import EngineClient, EngineTimeouts
+    from live.client import EngineClient
 
     async def one(k: int):
-        t = EngineTimeouts(connect_s=5.0, read_s=300.0, health_s=5.0, scrape_s=10.0)
         async with EngineClient(urls[k], timeouts=t) as c:
             if len(urls) < 2:
                 return await calibrate(c, cfg, say=say)
@@ -208,7 +204,7 @@ def run(args) -> dict:
                                                         args.neighbour_repeats)]
         insts = [i for n, p in zip(names, profiles, strict=True)
                  for i in sim_instances(p, [n], engine, host="this-machine")]
-        predictors = [load_profile(p, "--profile")[0] for p in profiles]
+        predictors = [i.predictor for i in insts]
         cap = capacity_rps(insts, work)
         delay = float(np.mean([p.request_ttft_overhead_s for p in predictors])) / 2
         for load in args.loads:

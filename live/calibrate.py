@@ -60,12 +60,15 @@ from live.calibrate_design import (
 from live.calibrate_metrics import MetricsSnapshot, MissingMetricsError, parse_snapshot
 from live.calibrate_neighbour import neighbour_phase
 from live.calibrate_result import CalibrationResult, EngineInfo, Measurement, build_result
-from live.client import EngineClient, EngineError
+from live.client import EngineClient, EngineError, EngineTimeouts
 
-__all__ = ["CalibrationConfig", "CalibrationError", "CalibrationResult", "EngineInfo",
-           "calibrate", "discover"]
+__all__ = ["CALIBRATION_TIMEOUTS", "CalibrationConfig", "CalibrationError", "CalibrationResult",
+           "EngineInfo", "calibrate", "discover"]
 
 WARM_DECODE_STEPS = 32
+# a client for calibration: a loaded API server may answer a long probe only after minutes
+CALIBRATION_TIMEOUTS = EngineTimeouts(connect_s=5.0, read_s=300.0, health_s=5.0,
+                                      scrape_s=10.0)
 
 
 class CalibrationError(RuntimeError):
@@ -379,7 +382,7 @@ async def calibrate(client: EngineClient, cfg: CalibrationConfig | None = None, 
 
     ``model`` / ``gpu`` name the profile (default: the served model id, "cpu"); ``meta``
     adds metadata lines (hardware, engine settings). ``neighbour``: another engine on the
-    same machine; after the design (outside its budget), ``neighbour_repeats`` pairs measure
+    same machine; after the design (outside its budget), ``neighbour_repeats`` repeats measure
     how much its decoding or prefilling slows this engine's decodes and prefills
     (:mod:`live.calibrate_neighbour`; metadata ``neighbour_<mine>_slowdown_<theirs>``)."""
     cfg = cfg or CalibrationConfig()
@@ -420,7 +423,7 @@ async def calibrate(client: EngineClient, cfg: CalibrationConfig | None = None, 
             say(f"  {i + 1}/{len(order)} probes, {time.monotonic() - t0:.0f} s")
     res = None
     if neighbour is not None:
-        say(f"neighbour phase: {neighbour_repeats} pairs against {neighbour.base_url}")
+        say(f"neighbour phase: {neighbour_repeats} repeats against {neighbour.base_url}")
         try:
             res = await neighbour_phase(run, neighbour, n_info.model_id,
                                         repeats=neighbour_repeats)

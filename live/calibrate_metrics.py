@@ -55,10 +55,17 @@ class MetricsSnapshot:
     values: dict[str, float]
 
     def __sub__(self, other: MetricsSnapshot) -> MetricsSnapshot:
+        return self._combine(other, -1.0)
+
+    def __add__(self, other: MetricsSnapshot) -> MetricsSnapshot:
+        """Two engines' totals together (e.g. a cluster's)."""
+        return self._combine(other, 1.0)
+
+    def _combine(self, other: MetricsSnapshot, sign: float) -> MetricsSnapshot:
         return MetricsSnapshot(
-            {k: v - other.sums.get(k, 0.0) for k, v in self.sums.items()},
-            {k: v - other.counts.get(k, 0.0) for k, v in self.counts.items()},
-            {k: v - other.values.get(k, 0.0) for k, v in self.values.items()})
+            {k: v + sign * other.sums.get(k, 0.0) for k, v in self.sums.items()},
+            {k: v + sign * other.counts.get(k, 0.0) for k, v in self.counts.items()},
+            {k: v + sign * other.values.get(k, 0.0) for k, v in self.values.items()})
 
     @property
     def busy(self) -> int:

@@ -14,9 +14,10 @@ measurement whose probe was dropped (misaligned after its retries) is skipped. T
 probe's iteration also decodes its background request: :meth:`NeighbourResult.with_fit`
 separates the two with the fitted iteration time.
 
-Why two neighbour states: on the 2-core machines used here, a neighbour that decodes (a
-memory-bound loop) slows this engine's decode iterations by about a fifth and its prefills
-hardly; one that prefills (compute-bound, AVX-512) slows both by a fifth to a third.
+Why two neighbour states: what slows an engine depends on what its neighbour does. On the
+2-core machines used here (medians of 7 repeats in four calibrations), a neighbour that
+decodes (a memory-bound loop) slows this engine's decode iterations by 9-15 % and its
+prefills by 0-4 %; one that prefills (compute-bound) slows either by 0-4 %.
 """
 
 from __future__ import annotations

