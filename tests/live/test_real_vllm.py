@@ -354,8 +354,10 @@ def test_critical_requests_finish_ahead_of_background_ones_under_overload(engine
             assert waiting_bg, "no background request was still queued: no overload"
             # every background request still queued when the criticals came went after them
             assert all(r.dispatch_s >= last_crit_dispatch for r in waiting_bg)
+            # the criticals finish ahead of the background requests they overtook (the ones
+            # already dispatched may finish first: how many depends on the client's timing)
             assert statistics.median(r.finish_s for r in c) < statistics.median(
-                r.finish_s for r in b)
+                r.finish_s for r in waiting_bg)
             print(f"\noverload: {len(waiting_bg)}/10 background requests queued behind the "
                   "critical ones")
     run(main())
