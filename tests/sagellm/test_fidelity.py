@@ -4,6 +4,7 @@ engine-side means of the live and simulated sides."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from control_plane.engine import EngineConfig
@@ -15,9 +16,12 @@ from sagellm.fidelity import (
     engine_means,
     fidelity_workload,
     figures,
+    pooled_figures,
     rel_errors,
+    repeat_spread,
     sim_instances,
     sim_run,
+    target_report,
 )
 from sim.config import InstanceSim
 
@@ -53,6 +57,69 @@ def test_errors_are_relative_to_live():
     err = rel_errors(sim, live)
     assert err["ttft_p50"] == pytest.approx(0.25) and err["throughput"] == pytest.approx(0.1)
     assert err["e2e_p50"] == 0.0 and np.isnan(err["e2e_p90"])
+
+
+def _replay(e2e_s: list[float], start_s: float = 0.0) -> pd.DataFrame:
+    """Completed requests arriving 1 s apart from ``start_s``, first token after 0.1 s,
+    10 output tokens, the given end-to-end latencies."""
+    n = len(e2e_s)
+    arrival = start_s + np.arange(n, dtype=float)
+    return pd.DataFrame({
+        "request_id": [f"f{k}" for k in range(n)], "arrival_s": arrival,
+        "dispatch_s": arrival, "first_token_s": arrival + 0.1,
+        "finish_s": arrival + np.asarray(e2e_s), "output_tokens": 10, "status": "ok"})
+
+
+def test_pooled_figures_take_quantiles_over_every_replay_and_average_throughput():
+    a = _replay([1.0, 2.0, 3.0])              # 3 requests over 0..5 s: 0.6 req/s
+    b = _replay([5.0, 6.0, 7.0], start_s=100.0)   # 3 over 0..9 s (its own clock): 1/3 req/s
+    pooled = pooled_figures([a, b])
+    assert pooled["e2e_p50"] == pytest.approx(4.0)          # median of 1, 2, 3, 5, 6, 7
+    assert pooled["throughput"] == pytest.approx((0.6 + 1 / 3) / 2)
+    assert pooled["ttft_p90"] == pytest.approx(0.1)
+    assert pooled_figures([a]) == figures(a)
+    with pytest.raises(ValueError, match="no replays"):
+        pooled_figures([])
+
+
+def test_repeat_spread_is_the_largest_difference_from_the_first_replay():
+    first = {"ttft_p50": 0.2, "ttft_p90": 1.0, "tpot_p50": 0.02, "e2e_p50": 2.0,
+             "e2e_p90": 4.0, "throughput": 5.0}
+    second = {**first, "e2e_p50": 2.2, "throughput": 4.9}
+    third = {**first, "e2e_p50": 1.9, "ttft_p90": float("nan")}
+    spread = repeat_spread([first, second, third])
+    assert spread["e2e_p50"] == pytest.approx(0.1)
+    assert spread["throughput"] == pytest.approx(0.02)
+    assert spread["ttft_p90"] == 0.0            # the NaN replay is left out, not propagated
+    assert spread["tpot_p50"] == 0.0
+    assert all(np.isnan(v) for v in repeat_spread([first]).values())
+
+
+def test_target_report_names_each_miss_with_the_live_spread():
+    nan = float("nan")
+    runs = [{"load": 0.5, "router": "round_robin",
+             "err": {"e2e_p50": 0.08, "ttft_p90": 0.10, "throughput": 0.01},
+             "live_spread": {"e2e_p50": 0.12, "ttft_p90": 0.3, "throughput": 0.02,
+                             "tpot_p50": nan}},
+            {"load": 1.1, "router": "least_loaded",
+             "err": {"e2e_p50": 0.2, "ttft_p90": 0.2, "throughput": 0.02},
+             "live_spread": {"e2e_p50": 0.05, "ttft_p90": 0.25, "throughput": 0.01,
+                             "tpot_p50": nan}}]
+    targets = {"e2e_p50": 0.05, "ttft_p90": 0.15, "throughput": 0.03}
+    rep = target_report(runs, targets)
+    assert not rep["targets_met"]
+    assert rep["target_failures"] == [
+        "load 0.5 round_robin: e2e_p50 error 8.0% > 5% (live replays differ by 12.0%)",
+        "load 1.1 least_loaded: e2e_p50 error 20.0% > 5% (live replays differ by 5.0%)",
+        "load 1.1 least_loaded: ttft_p90 error 20.0% > 15% (live replays differ by 25.0%)"]
+    # only the miss larger than the live system's own spread is the simulator's for sure
+    assert rep["failures_beyond_live_spread"] == [rep["target_failures"][1]]
+    assert rep["live_spread_max"] == {"e2e_p50": 0.12, "ttft_p90": 0.3, "throughput": 0.02}
+    one = [{**r, "err": {**r["err"], "e2e_p50": 0.01, "ttft_p90": nan},
+            "live_spread": dict.fromkeys(r["live_spread"], nan)} for r in runs[:1]]
+    rep = target_report(one, targets)
+    assert rep["target_failures"] == ["load 0.5 round_robin: ttft_p90 error nan% > 15%"]
+    assert rep["live_spread_max"] is None
 
 
 def _insts(host=None):
