@@ -19,6 +19,12 @@ profiled: each engine's whole process tree confined to its core. The simulated i
 share one host (the profiles' neighbour slowdowns apply). See :mod:`sagellm.fidelity` for
 the method and the figures.
 
+Before each load and router, with ``--speed-check`` (default), a few of the calibration's
+probes measure how much slower or faster each engine runs than its profile right now
+(:mod:`live.speed_check`; this machine drifts by up to a quarter within an hour) and the
+simulator runs the profile at that speed (``runs[].speed``; ``runs[].err_profile_speed``:
+the errors at the profile's own speed).
+
 The live figures pool the replays; ``runs[].live_spread`` is how much a replay differs
 from the first one (the same requests on the same engines): the live system's own
 run-to-run spread, against which ``failures_beyond_live_spread`` lists the target misses
@@ -146,6 +152,22 @@ async def _live(requests, specs, urls, router, model, scrape_s):
     return res.records, await asyncio.to_thread(_snapshot, urls) - before, client_cpu
 
 
+async def _speed_checks(urls: list[str], insts) -> list:
+    """Each engine's speed against its profile now (``live.speed_check``), one at a time,
+    the others idle (vLLM's worker busy-polls for 1 s after its last iteration)."""
+    from live.calibrate import CALIBRATION_TIMEOUTS
+    from live.client import EngineClient
+    from live.speed_check import speed_check
+    out = []
+    for url, inst in zip(urls, insts, strict=True):
+        await _wait_idle(urls)
+        await asyncio.sleep(1.2)
+        async with EngineClient(url, timeouts=CALIBRATION_TIMEOUTS) as c:
+            out.append(await speed_check(c, inst.predictor, say=lambda m: print(
+                f"[speed] {m}", file=sys.stderr)))
+    return out
+
+
 def _calibrate_here(urls: list[str], out: Path, budget_s: float, repeats: int) -> list[Path]:
     """Calibrate each launched engine, the next one as its neighbour (``sagellm calibrate
     --engine URL --neighbour URL``, in this process as the replay's client will be): one
@@ -223,6 +245,11 @@ def run(args) -> dict:
                 tag = f"l{load:g}-{router}-"
                 reqs = [dataclasses.replace(r, request_id=tag + r.request_id)
                         for r in work.requests(rate)]
+                run_insts, speed = insts, None
+                if args.speed_check:
+                    speed = asyncio.run(_speed_checks(urls, insts))
+                    run_insts = [dataclasses.replace(i, predictor=i.predictor.scaled(
+                        c.decode, c.prefill)) for i, c in zip(insts, speed, strict=True)]
                 replays, engine_side, cpu = [], None, []
                 folder = out / f"load={load:g}" / f"router={router}"
                 for stale in folder.glob("source=live-*.parquet"):
@@ -239,16 +266,25 @@ def run(args) -> dict:
                     replays.append(live)
                     engine_side = delta if engine_side is None else engine_side + delta
                     cpu.append(client_cpu)
-                simulated = sim_run(reqs, insts, router=router, network_delay_s=delay,
-                                    scrape_interval_s=args.scrape_interval,
-                                    tick_interval_s=args.scrape_interval)
+                simulate = functools.partial(
+                    sim_run, reqs, router=router, network_delay_s=delay,
+                    scrape_interval_s=args.scrape_interval,
+                    tick_interval_s=args.scrape_interval)
+                simulated = simulate(run_insts)
                 sim = simulated.records
                 write_records(out, load, router, "sim", sim)
                 fl, fs = pooled_figures(replays), figures(sim)
                 each = [figures(r) for r in replays]
                 err, spread = rel_errors(fs, fl), repeat_spread(each)
+                extra = {}
+                if speed is not None:   # the profile as measured, without the speed check
+                    extra = {"speed": {n: c.as_dict() for n, c in zip(names, speed,
+                                                                       strict=True)},
+                             "err_profile_speed": _round(rel_errors(
+                                 figures(simulate(insts).records), fl))}
                 runs.append({"load": load, "router": router, "rate_per_s": round(rate, 4),
                              "live": _round(fl), "sim": _round(fs), "err": _round(err),
+                             **extra,
                              "live_replays": [_round(f) for f in each],
                              "live_spread": _round(spread),
                              "engine_side": _round({**engine_means(engine_side, simulated,
@@ -261,7 +297,7 @@ def run(args) -> dict:
     _plot(out)
     return {"runs": runs, "targets": TARGETS, **target_report(runs, TARGETS),
             "setup": {"trace": work.source, "requests": args.requests,
-                      "live_repeats": args.live_repeats,
+                      "live_repeats": args.live_repeats, "speed_check": args.speed_check,
                       "profile": profiles if args.calibrate else profile,
                       "calibrated_here": args.calibrate,
                       "model": model, "capacity_rps": round(cap, 4),
@@ -311,6 +347,11 @@ def main() -> int:
     ap.add_argument("--calibrate-budget", type=float, default=60.0,
                     help="seconds of design probes per engine (the first round always runs)")
     ap.add_argument("--neighbour-repeats", type=int, default=5)
+    ap.add_argument("--speed-check", action=argparse.BooleanOptionalAction, default=True,
+                    help="before each load and router, measure each engine's speed against "
+                    "its profile (a few of the calibration's probes, live.speed_check) and "
+                    "simulate it at that speed (this machine drifts by up to a quarter "
+                    "within an hour); runs[].err_profile_speed: the errors without")
     ap.add_argument("--requests", type=int, default=150)
     ap.add_argument("--live-repeats", type=int, default=2,
                     help="live replays of each load and router (the live figures pool them; "

@@ -63,7 +63,7 @@ from live.calibrate_result import CalibrationResult, EngineInfo, Measurement, bu
 from live.client import EngineClient, EngineError, EngineTimeouts
 
 __all__ = ["CALIBRATION_TIMEOUTS", "CalibrationConfig", "CalibrationError", "CalibrationResult",
-           "EngineInfo", "calibrate", "discover"]
+           "EngineInfo", "calibrate", "discover", "probe_runner"]
 
 WARM_DECODE_STEPS = 32
 # a client for calibration: a loaded API server may answer a long probe only after minutes
@@ -130,6 +130,7 @@ class _Run:
         self.bg_scale = 1.0                  # doubled whenever a background ends too soon
         self.e2e_overheads: list[float] = []
         self.decode_tokens = info.max_model_len   # decode probes' output tokens (at most)
+        self.first: MetricsSnapshot | None = None  # the idle engine before the warm-up
 
     # -- engine state ---------------------------------------------------------------------
     async def snapshot(self) -> MetricsSnapshot:
@@ -373,6 +374,21 @@ class _Run:
                  f"decode windows {window_s * 1e3:.0f} ms")
 
 
+async def probe_runner(client: EngineClient, cfg: CalibrationConfig | None = None,
+                       say: Callable[[str], None] = lambda s: None) -> _Run:
+    """The calibration's probes for the idle engine behind ``client``, warmed up (sizes
+    estimated): ``await runner.probe(Probe(...))`` measures one (see :meth:`_Run.probe`).
+    CalibrationError when the engine is unreachable, busy or fails the warm-up."""
+    cfg = cfg or CalibrationConfig()
+    run = _Run(client, await discover(client), cfg, say)
+    run.first = await run.idle()
+    try:
+        await run.warm_up()
+    except (EngineError, aiohttp.ClientError, TimeoutError) as exc:
+        raise CalibrationError(f"warm-up: {type(exc).__name__}: {exc}") from exc
+    return run
+
+
 async def calibrate(client: EngineClient, cfg: CalibrationConfig | None = None, *,
                     model: str | None = None, gpu: str = "cpu", meta: dict | None = None,
                     say: Callable[[str], None] = lambda s: None,
@@ -387,15 +403,9 @@ async def calibrate(client: EngineClient, cfg: CalibrationConfig | None = None, 
     (:mod:`live.calibrate_neighbour`; metadata ``neighbour_<mine>_slowdown_<theirs>``)."""
     cfg = cfg or CalibrationConfig()
     t0 = time.monotonic()
-    info = await discover(client)
     n_info = await discover(neighbour) if neighbour is not None else None
-    run = _Run(client, info, cfg, say)
-    first = await run.idle()
-    design = cfg.design
-    try:
-        await run.warm_up()
-    except (EngineError, aiohttp.ClientError, TimeoutError) as exc:
-        raise CalibrationError(f"warm-up: {type(exc).__name__}: {exc}") from exc
+    run = await probe_runner(client, cfg, say)
+    info, first, design = run.info, run.first, cfg.design
     probes = plan(design, run.limits)
     kinds = {p.kind for p in probes}
     if kinds != {"prefill", "decode"}:

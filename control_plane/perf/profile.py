@@ -60,6 +60,7 @@ solution (exact NNLS for 5 features). It is linear in the decode context, so
 from __future__ import annotations
 
 import csv
+import dataclasses
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -303,6 +304,22 @@ class FittedPredictor:
             return 0.0
         first = self.iteration_s(Batch(decode_seqs=decode_seqs, decode_context=decode_context))
         return steps * first + self.per_context_token_s * decode_seqs * steps * (steps - 1) / 2
+
+    def scaled(self, decode: float = 1.0, prefill: float = 1.0) -> FittedPredictor:
+        """This predictor on a machine running ``decode`` times as long on the decode part
+        of an iteration (its intercept, per sequence and per context token) and ``prefill``
+        times on the prefill part (per prompt token and attention pair): the factors a
+        speed check measures against the profile (``live.speed_check``). The per-request
+        overheads and neighbour slowdowns are kept."""
+        for name, v in (("decode", decode), ("prefill", prefill)):
+            if not (v > 0 and v != float("inf")):
+                raise ConfigError(f"scaled({name}={v!r}): must be a finite factor > 0")
+        return dataclasses.replace(
+            self, intercept_s=self.intercept_s * decode,
+            per_decode_seq_s=self.per_decode_seq_s * decode,
+            per_context_token_s=self.per_context_token_s * decode,
+            per_prefill_token_s=self.per_prefill_token_s * prefill,
+            per_attention_pair_s=self.per_attention_pair_s * prefill)
 
 
 def _overheads(table: ProfileTable) -> dict[str, float]:

