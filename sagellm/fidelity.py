@@ -13,7 +13,8 @@ For each load and router the same requests run
   (:func:`live.replay.replay`; token-id prompts, so lengths are exact, ``ignore_eos`` so
   outputs are too), client-side records;
 - simulated: :func:`sim.simulate` with two instances whose iteration time is the calibrated
-  profile (:mod:`sagellm.profiled`), on one host (the engines share this machine: the
+  profile (:mod:`sagellm.profiled`; by default scaled to each engine's speed measured just
+  before the replay, :mod:`live.speed_check`), on one host (the engines share this machine: the
   profile's neighbour slowdowns apply while both are busy), the same control-plane
   settings, scrape and tick intervals, and the profile's per-request overheads as the
   network delay.
