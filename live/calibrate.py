@@ -184,9 +184,11 @@ class _Run:
     # sent again, once, on a new connection.
     _STALE = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
 
-    async def unary(self, length: int, max_tokens: int = 1) -> float:
-        """Client latency of a non-streamed request with a random prompt."""
-        body = self.body(prompts(self.rng, 1, length)[0], max_tokens)
+    async def unary(self, length: int, max_tokens: int = 1, count: int = 1) -> float:
+        """Client latency of a non-streamed request with a random prompt (``count`` > 1:
+        that many prompts in the one request, which the engine receives together)."""
+        batch = prompts(self.rng, count, length)
+        body = self.body(batch[0] if count == 1 else batch, max_tokens)
         for attempt in (0, 1):
             t0 = time.perf_counter()
             try:
@@ -197,8 +199,8 @@ class _Run:
                     raise
         dt = time.perf_counter() - t0
         got = (out.get("usage") or {}).get("completion_tokens")
-        if got != max_tokens:
-            raise CalibrationError(f"asked for {max_tokens} tokens, got {got}")
+        if got != max_tokens * count:
+            raise CalibrationError(f"asked for {max_tokens * count} tokens, got {got}")
         return dt
 
     async def generate(self, length: int, max_tokens: int) -> None:
@@ -227,20 +229,22 @@ class _Run:
 
     # -- probes ---------------------------------------------------------------------------
     async def prefill(self, p: Probe) -> Measurement | str:
-        """``p.prompt_tokens`` joining one decoding background request."""
+        """``p.batch`` prompts of ``p.prompt_tokens`` (in one request) joining one decoding
+        background request: the mean of their engine prefill times."""
         s0 = await self.idle()
         # the background decodes long enough to outlast a late report of its first token
         # and the joining request; it is cancelled once that one has finished
+        k = p.batch
         bg_s = self.bg_scale * max(self.cfg.background_s,
-                                   4 * self.prefill_per_token_s * p.prompt_tokens)
+                                   4 * self.prefill_per_token_s * p.prompt_tokens * k)
         n_bg = min(self.info.max_model_len - BG_PROMPT,
                    max(16, math.ceil(bg_s / self.decode_step_s)))
         bg = asyncio.ensure_future(self.generate(BG_PROMPT, n_bg))
         try:   # the engine recorded the background's first token: it is decoding
             s1 = await self.settle(s0, 1, "ttft", "counts", tasks=[bg])
-            client_s = await self.unary(p.prompt_tokens)
+            client_s = await self.unary(p.prompt_tokens, count=k)
             joined = not bg.done()   # the background ended after (responses keep order)
-            s2 = await self.settle(s1, 1)
+            s2 = await self.settle(s1, k)
         finally:
             bg.cancel()
             outcome = (await asyncio.gather(bg, return_exceptions=True))[0]
@@ -249,15 +253,17 @@ class _Run:
         d = s2 - s1
         if (s2 - s0).values.get("prefix_hits", 0.0) > 0:
             return "misaligned: prefix-cache hits"
-        if not joined or d.values["finished"] != 1 or d.counts["ttft"] != 1:
+        if not joined or d.values["finished"] != k or d.counts["ttft"] != k:
             self.bg_scale = min(4.0, 2 * self.bg_scale)
             return "misaligned: the background request was not decoding throughout"
-        engine = d.sums["queue"] + d.sums["prefill"]
-        # the background's context when the joining request ran: between what it had
-        # generated when s1 was taken and (the joining request's token aside) at s2
+        # the background's context when the joining requests ran: between what it had
+        # generated when s1 was taken and (the joining requests' tokens aside) at s2
         gen1 = s1.values["generated"] - s0.values["generated"]
-        gen2 = s2.values["generated"] - s0.values["generated"] - 1
+        gen2 = s2.values["generated"] - s0.values["generated"] - k
         ctx = BG_PROMPT + (gen1 + max(gen1, gen2)) / 2
+        if k > 1:    # several prompts: the mean prefill time (the overheads are one's)
+            return Measurement(p, p.features(ctx), d.sums["prefill"] / k)
+        engine = d.sums["queue"] + d.sums["prefill"]
         return Measurement(p, p.features(ctx), d.sums["prefill"],
                            ttft_overhead_s=client_s - engine,
                            api_server_s=client_s - d.sums["ttft"],

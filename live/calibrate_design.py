@@ -115,15 +115,16 @@ class Probe:
         """The measured iteration's (prefill_tokens, prefill_attention, decode_seqs,
         decode_context): ``context`` is the background request's context (prefill) or the
         ``batch`` sequences' total context, mean over the window (decode)."""
-        if self.kind == "prefill":
-            p = self.prompt_tokens
-            return (float(p), float(p * p), 1.0, float(context))
+        if self.kind == "prefill":   # batch prompts of prompt_tokens in one iteration
+            p, k = self.prompt_tokens, self.batch
+            return (float(k * p), float(k * p * p), 1.0, float(context))
         return (0.0, 0.0, float(self.batch), float(context))
 
     @property
     def label(self) -> str:
         if self.kind == "prefill":
-            return f"prefill {self.prompt_tokens}"
+            return (f"prefill {self.prompt_tokens}" if self.batch == 1
+                    else f"prefill {self.batch}x{self.prompt_tokens}")
         return f"decode {self.batch}x{self.prompt_tokens}"
 
 

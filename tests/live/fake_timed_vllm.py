@@ -142,6 +142,8 @@ class TimedVllm:
     async def _completions(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         prompt, n = body["prompt"], int(body["max_tokens"])
+        if isinstance(prompt, list) and prompt and all(isinstance(p, list) for p in prompt):
+            return await self._batch(prompt, n, body)
         if not isinstance(prompt, list) or len(prompt) + n > self.max_model_len:
             return web.json_response({"error": "bad prompt"}, status=400)
         if self.api_s:
@@ -173,6 +175,29 @@ class TimedVllm:
                          + b"\n\ndata: [DONE]\n\n")
         await resp.write_eof()
         return resp
+
+    async def _batch(self, prompts: list[list[int]], n: int, body: dict) -> web.Response:
+        """Several prompts in one non-streamed request: they reach the engine together."""
+        if body.get("stream") or any(len(p) + n > self.max_model_len for p in prompts):
+            return web.json_response({"error": "bad prompt"}, status=400)
+        if self.api_s:
+            await asyncio.sleep(self.api_s)
+        reqs = [_Req(len(p), n, self._now_vt(), asyncio.Event(), asyncio.Queue())
+                for p in prompts]
+        self.waiting.extend(reqs)
+        self._wake.set()
+        try:
+            await asyncio.gather(*(r.done.wait() for r in reqs))
+        except asyncio.CancelledError:
+            for r in reqs:
+                self._abort(r)
+            raise
+        total = sum(r.prompt for r in reqs)
+        return web.json_response({"id": "x", "object": "text_completion", "choices": [
+            {"index": k, "text": "t" * n, "finish_reason": "length"}
+            for k in range(len(reqs))], "usage": {
+                "prompt_tokens": total, "completion_tokens": n * len(reqs),
+                "total_tokens": total + n * len(reqs)}})
 
     def _abort(self, req: _Req) -> None:
         self.aborted += 1

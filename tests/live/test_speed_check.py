@@ -9,6 +9,7 @@ from control_plane.errors import ConfigError
 from control_plane.perf.base import Batch
 from control_plane.perf.profile import FittedPredictor
 from live.calibrate import CalibrationConfig, CalibrationError
+from live.calibrate_design import Probe
 from live.client import EngineClient
 from live.speed_check import speed_check
 from tests.live.fake_timed_vllm import TimedVllm
@@ -38,6 +39,12 @@ def test_scaled_multiplies_the_decode_and_prefill_parts_and_keeps_the_rest():
         PROFILE.scaled(prefill=0.0)
 
 
+def test_a_prefill_probe_of_several_prompts_is_one_iteration_of_all_of_them():
+    p = Probe("prefill", 128, 4)
+    assert p.features(300.0) == (512.0, 4 * 128 * 128, 1.0, 300.0)
+    assert p.label == "prefill 4x128" and Probe("prefill", 128).label == "prefill 128"
+
+
 async def _check(engine, predictor, **kw):
     url = await engine.start()
     try:
@@ -56,6 +63,10 @@ def test_speed_check_recovers_how_much_slower_or_faster_the_engine_runs(decode, 
     assert got.prefill == pytest.approx(prefill, rel=0.03)
     assert len(got.decode_ratios) == 3 and len(got.prefill_ratios) == 3
     assert got.as_dict()["decode"] == round(got.decode, 4)
+    # one prompt per prefill probe measures the same factors on this engine
+    one = run(_check(TimedVllm(PROFILE.scaled(decode=decode, prefill=prefill)), PROFILE,
+                     repeats=2, prefill=Probe("prefill", 512)))
+    assert one.prefill == pytest.approx(prefill, rel=0.03)
     assert any(line.startswith("speed check http") for line in said)
     # the same engine measured against its own model: no drift
     same = run(_check(TimedVllm(PROFILE), PROFILE, repeats=2))
