@@ -14,6 +14,7 @@ from sagellm.cli_engines import engines
 from sagellm.cli_gateway import gateway_cmd
 from sagellm.cli_replay import replay_cmd
 from sagellm.cli_sim import SYNTHETIC_REQUESTS, sim_cmd, spec_label
+from sagellm.cli_speed import speed_check_cmd
 from sagellm.cli_workloads import workloads
 from sagellm.experiment import load_experiment
 from sagellm.plan import plan_cmd
@@ -65,6 +66,7 @@ main.add_command(engines)
 main.add_command(gateway_cmd)
 main.add_command(replay_cmd)
 main.add_command(calibrate_cmd)
+main.add_command(speed_check_cmd)
 main.add_command(emulate_cmd)
 main.add_command(compare_cmd)
 
