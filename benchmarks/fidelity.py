@@ -35,7 +35,8 @@ layout notebook 5 reads), the engines' profiles (``profiles/engine-<k>.csv``),
 ``fidelity_cdfs.png`` (CDFs of TTFT, TPOT and end-to-end latency,
 sim next to live per load and router) and one JSON object: ``runs[]`` with ``load``,
 ``router``, ``rate_per_s``, ``live`` (pooled) / ``sim`` figures, ``live_replays``,
-``live_spread``, ``err`` (relative errors
+``live_spread``, ``same_engine`` (per replay, the share of requests that went to the same
+engine as in the simulation), ``err`` (relative errors
 ``ttft_p50, ttft_p90, tpot_p50, e2e_p50, e2e_p90, throughput``) and ``engine_side`` (the
 engines' own mean inter-token latency, queue and prefill times from their ``/metrics``,
 next to the simulator's: where live and simulated differ, inside the engines or around
@@ -87,6 +88,7 @@ from sagellm.fidelity import (  # noqa: E402
     pooled_figures,
     rel_errors,
     repeat_spread,
+    routing_agreement,
     sim_instances,
     sim_run,
     target_report,
@@ -286,6 +288,9 @@ def run(args) -> dict:
                              "live": _round(fl), "sim": _round(fs), "err": _round(err),
                              **extra,
                              "live_replays": [_round(f) for f in each],
+                             "same_engine": [round(routing_agreement(
+                                 r, sim, suffix=f"-r{k}" if k else ""), 4)
+                                 for k, r in enumerate(replays)],
                              "live_spread": _round(spread),
                              "engine_side": _round({**engine_means(engine_side, simulated,
                                                                    delay),

@@ -56,8 +56,8 @@ from sim.config import InstanceSim
 from workloads import read_trace
 
 __all__ = ["FIELDS", "FidelityWorkload", "capacity_rps", "engine_means", "fidelity_workload",
-           "figures", "pooled_figures", "rel_errors", "repeat_spread", "sim_instances",
-           "sim_run", "target_report", "write_records"]
+           "figures", "pooled_figures", "rel_errors", "repeat_spread", "routing_agreement",
+           "sim_instances", "sim_run", "target_report", "write_records"]
 
 FIELDS = ("ttft_p50", "ttft_p90", "tpot_p50", "e2e_p50", "e2e_p90", "throughput")
 
@@ -165,6 +165,25 @@ def pooled_figures(replays: Sequence[Sequence[RequestRecord] | pd.DataFrame]
     out = figures(pd.concat(frames, ignore_index=True))
     out["throughput"] = float(np.mean([f["throughput"] for f in per]))
     return out
+
+
+def routing_agreement(live: Sequence[RequestRecord] | pd.DataFrame,
+                      sim: Sequence[RequestRecord] | pd.DataFrame, *,
+                      suffix: str = "") -> float:
+    """The share of the live requests served by the same engine in the simulation (ids
+    matched after removing ``suffix`` from the live ones; NaN with none in common). Load-aware
+    routers send a request where the load is lowest at its arrival, so timing differences
+    between the two sides change where requests go, and with it whom they queue behind."""
+    lf = live if isinstance(live, pd.DataFrame) else records_frame(live)
+    sf = sim if isinstance(sim, pd.DataFrame) else records_frame(sim)
+    ids = lf["request_id"].astype(str)
+    if suffix:
+        ids = ids.str.removesuffix(suffix)
+    where = dict(zip(sf["request_id"].astype(str), sf["instance_id"], strict=True))
+    pairs = [(i, w) for i, w in zip(ids, lf["instance_id"], strict=True) if i in where]
+    if not pairs:
+        return float("nan")
+    return sum(where[i] == w for i, w in pairs) / len(pairs)
 
 
 def repeat_spread(replays: Sequence[dict[str, float]]) -> dict[str, float]:

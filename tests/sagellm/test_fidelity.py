@@ -19,6 +19,7 @@ from sagellm.fidelity import (
     pooled_figures,
     rel_errors,
     repeat_spread,
+    routing_agreement,
     sim_instances,
     sim_run,
     target_report,
@@ -93,6 +94,17 @@ def test_repeat_spread_is_the_largest_difference_from_the_first_replay():
     assert spread["ttft_p90"] == 0.0            # the NaN replay is left out, not propagated
     assert spread["tpot_p50"] == 0.0
     assert all(np.isnan(v) for v in repeat_spread([first]).values())
+
+
+def test_routing_agreement_is_the_share_served_by_the_same_engine():
+    sim = pd.DataFrame({"request_id": ["f0", "f1", "f2", "f3"],
+                        "instance_id": ["a", "b", "a", "b"]})
+    live = pd.DataFrame({"request_id": ["f0-r1", "f1-r1", "f2-r1", "f9-r1"],
+                         "instance_id": ["a", "a", "a", "b"]})
+    # f9 was not simulated: left out; f1 went elsewhere
+    assert routing_agreement(live, sim, suffix="-r1") == pytest.approx(2 / 3)
+    assert routing_agreement(sim, sim) == 1.0
+    assert np.isnan(routing_agreement(live, sim))      # ids do not match without the suffix
 
 
 def test_target_report_names_each_miss_with_the_live_spread():
