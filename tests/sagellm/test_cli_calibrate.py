@@ -3,8 +3,6 @@ engine writing a profile, and the simulator using that profile through an experi
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections.abc import Iterator
 
 import pytest
@@ -17,7 +15,7 @@ from sagellm.experiment import experiment_from_dict
 from sim.config import InstanceSim
 from sim.driver import simulate
 from tests.builders import req
-from tests.live.fake_timed_vllm import TimedVllm
+from tests.live.fake_timed_vllm import TimedVllm, served_in_thread
 
 TRUE = FittedPredictor(0.002, 1e-5, 3e-9, 2e-4, 2e-7)
 
@@ -25,25 +23,8 @@ TRUE = FittedPredictor(0.002, 1e-5, 3e-9, 2e-4, 2e-7)
 @pytest.fixture
 def timed_engine() -> Iterator[str]:
     """A TimedVllm served from its own event loop in a thread (the CLI runs its own)."""
-    loop = asyncio.new_event_loop()
-    engine = TimedVllm(TRUE, api_s=0.001)
-    ready = threading.Event()
-
-    def serve() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(engine.start())
-        ready.set()
-        loop.run_forever()
-
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    assert ready.wait(10)
-    try:
-        yield engine.url
-    finally:
-        asyncio.run_coroutine_threadsafe(engine.stop(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        t.join(10)
+    with served_in_thread(TimedVllm(TRUE, api_s=0.001)) as url:
+        yield url
 
 
 QUICK = ["--prefill-tokens", "16,256,2047", "--batches", "1,2,4", "--contexts", "16,512",

@@ -3,9 +3,7 @@ text and JSON, and the errors that name a bad profile or an unreachable engine."
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 from collections.abc import Iterator
 
 import pytest
@@ -13,7 +11,7 @@ from click.testing import CliRunner
 
 from control_plane.perf.profile import FittedPredictor
 from sagellm.cli import main
-from tests.live.fake_timed_vllm import TimedVllm
+from tests.live.fake_timed_vllm import TimedVllm, served_in_thread
 
 BUILT_IN = "vllm-cpu-llama-small-pinned"
 
@@ -22,26 +20,9 @@ BUILT_IN = "vllm-cpu-llama-small-pinned"
 def slow_engine() -> Iterator[str]:
     """A TimedVllm 1.2x slower on decode and 1.1x on prefill than the built-in profile, in
     its own event loop in a thread (the CLI runs its own), at a quarter of real time."""
-    loop = asyncio.new_event_loop()
-    engine = TimedVllm(FittedPredictor.from_file(BUILT_IN).scaled(decode=1.2, prefill=1.1),
-                       pace=0.25)
-    ready = threading.Event()
-
-    def serve() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(engine.start())
-        ready.set()
-        loop.run_forever()
-
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    assert ready.wait(10)
-    try:
-        yield engine.url
-    finally:
-        asyncio.run_coroutine_threadsafe(engine.stop(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        t.join(10)
+    slow = FittedPredictor.from_file(BUILT_IN).scaled(decode=1.2, prefill=1.1)
+    with served_in_thread(TimedVllm(slow, pace=0.25)) as url:
+        yield url
 
 
 def test_speed_check_reports_how_much_slower_the_engine_runs(slow_engine):
