@@ -88,6 +88,10 @@ class CalibrationConfig:
     background_s: float = 1.0          # a prefill probe's background decodes at least this
                                        # long (and 4 prefills); x2 after a miss, up to x4
     budget_s: float | None = None      # seconds of probes (see calibrate)
+    neighbour_spin_s: float = 1.0      # an idle vLLM worker busy-polls this long after its
+    # last step (SpinCondition's busy_loop_s in vllm/distributed/device_communicators/
+    # shm_broadcast.py): the neighbour phase waits it out before measuring alone, measures
+    # a spinning neighbour, and writes it to the profile (control_plane.engine.contention)
     settle_timeout_s: float = 30.0     # a loaded API server reports seconds late
     poll_s: float = 0.025              # between scrapes while waiting (vLLM spends ~4 ms of
                                        # API-server CPU on one: do not compete with the engine)
@@ -405,8 +409,9 @@ async def calibrate(client: EngineClient, cfg: CalibrationConfig | None = None, 
     ``model`` / ``gpu`` name the profile (default: the served model id, "cpu"); ``meta``
     adds metadata lines (hardware, engine settings). ``neighbour``: another engine on the
     same machine; after the design (outside its budget), ``neighbour_repeats`` repeats measure
-    how much its decoding or prefilling slows this engine's decodes and prefills
-    (:mod:`live.calibrate_neighbour`; metadata ``neighbour_<mine>_slowdown_<theirs>``)."""
+    how much its decoding, prefilling or spinning slows this engine's decodes and prefills
+    (:mod:`live.calibrate_neighbour`; metadata ``neighbour_<mine>_slowdown_<theirs>`` and
+    ``neighbour_spin_s``)."""
     cfg = cfg or CalibrationConfig()
     t0 = time.monotonic()
     n_info = await discover(neighbour) if neighbour is not None else None
@@ -442,7 +447,7 @@ async def calibrate(client: EngineClient, cfg: CalibrationConfig | None = None, 
         say(f"neighbour phase: {neighbour_repeats} repeats against {neighbour.base_url}")
         try:
             res = await neighbour_phase(run, neighbour, n_info.model_id,
-                                        repeats=neighbour_repeats)
+                                        repeats=neighbour_repeats, spin_s=cfg.neighbour_spin_s)
         except CalibrationError:
             raise
         except (RuntimeError, EngineError, aiohttp.ClientError, TimeoutError) as exc:

@@ -30,7 +30,7 @@ from control_plane import (
     Request,
     Retry,
 )
-from control_plane.engine import Engine, SharedHostPredictor, neighbour_slowdowns
+from control_plane.engine import Engine, SharedHostPredictor, neighbour_slowdowns, spin_s
 from control_plane.metrics import RequestRecord
 from control_plane.types import Health
 from sim.columns import RecordColumns
@@ -41,7 +41,8 @@ __all__ = ["ClusterRun", "InstanceSeries"]
 _NORMAL = 1
 _END_PRIO = -1_000_000  # + instance index: iteration ends before anything else
 _WAKE_PRIO = 2  # + instance index: idle engines start after the ordinary events
-_IDLE, _DECODING, _PREFILLING = 0, 1, 2  # what an engine does (hosts shared: contention)
+# what an engine does (hosts shared: contention); spinning: idle, its worker still polling
+_IDLE, _DECODING, _PREFILLING, _SPINNING = 0, 1, 2, 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,9 +97,26 @@ class _Track:
 
 
 class _Inst:
-    __slots__ = ("cfg", "down", "end_prio", "engine", "host", "idx", "iid", "lost",
-                 "predictor", "series", "spec", "usd_per_token", "version", "wake",
-                 "wake_prio", "work")
+    __slots__ = (
+        "cfg",
+        "down",
+        "end_prio",
+        "engine",
+        "host",
+        "idx",
+        "iid",
+        "lost",
+        "predictor",
+        "series",
+        "spec",
+        "spin_s",
+        "spins",
+        "usd_per_token",
+        "version",
+        "wake",
+        "wake_prio",
+        "work",
+    )
 
     def __init__(self, idx: int, sim: InstanceSim, fast_forward: bool,
                  track_admissions: bool = False) -> None:
@@ -119,6 +137,8 @@ class _Inst:
         self.series = tuple(array("d") for _ in range(7))
         self.work = _IDLE
         self.host: list[_Inst] | None = None  # the others on its host, when they contend
+        self.spin_s = spin_s(self.predictor)  # spinning after its last iteration
+        self.spins = 0  # spin periods begun (a timer ends only the latest)
 
 
 class ClusterRun:
@@ -188,10 +208,16 @@ class ClusterRun:
                         adm[rid] = t
                 log.clear()
 
-    def _work(self, inst: _Inst, work: int) -> None:
-        """``inst`` now does ``work`` (_IDLE, _DECODING, _PREFILLING): its host's other
-        engines change speed (a decode run in progress ends with its current iteration,
-        see Engine.retime)."""
+    def _work(self, inst: _Inst, work: int, spin: bool = True) -> None:
+        """``inst`` now does ``work`` (_IDLE, _DECODING, _PREFILLING, _SPINNING): its host's
+        other engines change speed (a decode run in progress ends with its current
+        iteration, see Engine.retime). An engine that stops working spins for its
+        ``spin_s`` first (if any), then idles."""
+        if spin and work == _IDLE and inst.spin_s > 0 and inst.work in (_DECODING,
+                                                                       _PREFILLING):
+            work = _SPINNING
+            inst.spins += 1
+            self._at(self.env.now + inst.spin_s, _NORMAL, self._spun, (inst, inst.spins))
         if work == inst.work:
             return
         inst.work = work
@@ -202,15 +228,21 @@ class ClusterRun:
                 continue
             d = sum(1 for x in other.host if x.work == _DECODING)
             f = sum(1 for x in other.host if x.work == _PREFILLING)
-            if d == p.decoding and f == p.prefilling:
+            s = sum(1 for x in other.host if x.work == _SPINNING)
+            if d == p.decoding and f == p.prefilling and s == p.spinning:
                 continue
             eng = other.engine
             end = eng.plan_end_s
             eng.retime(now)
-            p.set_neighbours(d, f)
+            p.set_neighbours(d, f, s)
             if eng.busy and eng.plan_end_s != end:
                 other.version += 1
                 self._at(eng.plan_end_s, other.end_prio, self._end, (other, other.version))
+
+    def _spun(self, ev) -> None:
+        inst, spins = ev.arg
+        if spins == inst.spins and inst.work == _SPINNING:
+            self._work(inst, _IDLE)
 
     def _at(self, at: float, prio: int, fn, arg) -> None:
         self.env.call_at(at, prio, fn, arg)
@@ -384,7 +416,7 @@ class ClusterRun:
         self.drain_admissions(inst)
         inst.engine = self._new_engine(inst)
         if inst.host is not None:
-            self._work(inst, _IDLE)
+            self._work(inst, _IDLE, spin=False)  # a dead engine's worker does not spin
         self.execute(self.cp.set_health(inst.iid, Health.DOWN, self.env.now,
                                         "failure injected"))
 

@@ -16,9 +16,9 @@ each other down: :class:`SharedHostPredictor`).
 """
 
 from control_plane.engine.config import EngineConfig, StepOutcome
-from control_plane.engine.contention import SharedHostPredictor, neighbour_slowdowns
+from control_plane.engine.contention import SharedHostPredictor, neighbour_slowdowns, spin_s
 from control_plane.engine.engine import Engine
 from control_plane.engine.kv_cache import BlockPool, KVOverAllocation
 
 __all__ = ["BlockPool", "Engine", "EngineConfig", "KVOverAllocation", "SharedHostPredictor",
-           "StepOutcome", "neighbour_slowdowns"]
+           "StepOutcome", "neighbour_slowdowns", "spin_s"]

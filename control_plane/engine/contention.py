@@ -8,18 +8,30 @@ cores of one machine, ``sagellm calibrate --neighbour-core``, medians of 7 repea
 calibrations): while the neighbour decodes (memory-bound), a decode iteration takes 9-15 %
 longer and a prefill 0-4 %; while it prefills (compute-bound), 0-4 % each.
 
-:class:`SharedHostPredictor` wraps an iteration predictor with that effect, linear in the
-number of neighbours decoding (``decoding``) and prefilling (``prefilling``; measured with
-one neighbour, more is an extrapolation)::
+An engine with nothing to do still uses its core for a while: vLLM's worker reads its next
+step from a shared-memory queue and busy-polls it (``sched_yield``) for ``busy_loop_s = 1``
+second after its last read before it sleeps on a socket (``SpinCondition`` in vLLM's
+``vllm/distributed/device_communicators/shm_broadcast.py``, 0.32). Such a *spinning*
+neighbour took 0.98 of a core here and slowed this engine's decode by 5.6 % and its
+prefill by 2.1 % (steady windows, one engine pinned per core). Between the requests of a
+moderately loaded engine it spins rather than idles, so the state counts.
 
-    decode part  x (1 + s[decode, decode]  x decoding + s[decode, prefill]  x prefilling)
-    prefill part x (1 + s[prefill, decode] x decoding + s[prefill, prefill] x prefilling)
+:class:`SharedHostPredictor` wraps an iteration predictor with that effect, linear in the
+number of neighbours decoding (``decoding``), prefilling (``prefilling``) and spinning
+(``spinning``; measured with one neighbour, more is an extrapolation)::
+
+    decode part  x (1 + s[decode, decode] x decoding + s[decode, prefill] x prefilling
+                      + s[decode, spin] x spinning)
+    prefill part x (1 + s[prefill, decode] x decoding + s[prefill, prefill] x prefilling
+                      + s[prefill, spin] x spinning)
 
 where the decode part is the iteration without its prefill chunks and the prefill part the
 rest; ``s[mine, theirs]`` are the profile's ``neighbour_<mine>_slowdown_<theirs>``. A
-neighbour counts as prefilling while its iteration in progress has prefill chunks.
+neighbour counts as prefilling while its iteration in progress has prefill chunks, and as
+spinning for its profile's ``neighbour_spin_s`` after its last iteration.
 
-Whoever runs the engines (the simulator) sets the counts with :meth:`set_neighbours`. An
+Whoever runs the engines (the simulator) sets the counts with :meth:`set_neighbours`
+(and ends each engine's spinning after :func:`spin_s`). An
 :class:`~control_plane.engine.Engine` times its plans when it makes them: call
 :meth:`Engine.retime` *before* changing the counts, so that a decode run in progress ends
 with its current iteration (timed at the old speed) and the next plans use the new one.
@@ -28,44 +40,51 @@ with its current iteration (timed at the old speed) and the next plans use the n
 from __future__ import annotations
 
 from control_plane.perf.base import Batch, IterationPredictor
-from control_plane.perf.profile import NEIGHBOUR_KEYS  # the predictor attributes too
+from control_plane.perf.profile import NEIGHBOUR_KEYS, SPIN_KEY  # predictor attributes too
 
-__all__ = ["SharedHostPredictor", "neighbour_slowdowns"]
+__all__ = ["SharedHostPredictor", "neighbour_slowdowns", "spin_s"]
 
 
-def neighbour_slowdowns(predictor: object) -> tuple[float, float, float, float]:
-    """The predictor's four slowdowns (NEIGHBOUR_KEYS order; 0 where it has none)."""
+def neighbour_slowdowns(predictor: object) -> tuple[float, ...]:
+    """The predictor's six slowdowns (NEIGHBOUR_KEYS order; 0 where it has none)."""
     return tuple(float(getattr(predictor, k, 0.0) or 0.0) for k in NEIGHBOUR_KEYS)
+
+
+def spin_s(predictor: object) -> float:
+    """How long an engine with this predictor spins after its last iteration (0: none)."""
+    return float(getattr(predictor, SPIN_KEY, 0.0) or 0.0)
 
 
 class SharedHostPredictor:
     """``base``'s iteration times, slowed by the neighbours busy on the host."""
 
-    __slots__ = ("_fd", "_fp", "base", "decoding", "prefilling", "slowdowns")
+    __slots__ = ("_fd", "_fp", "base", "decoding", "prefilling", "slowdowns", "spinning")
 
-    def __init__(self, base: IterationPredictor,
-                 slowdowns: tuple[float, float, float, float]) -> None:
-        if len(slowdowns) != 4:
-            raise ValueError(f"SharedHostPredictor.slowdowns={slowdowns!r}: need 4 values "
-                             f"({', '.join(NEIGHBOUR_KEYS)})")
+    def __init__(self, base: IterationPredictor, slowdowns: tuple[float, ...]) -> None:
+        """``slowdowns``: NEIGHBOUR_KEYS' values, the last two (spin) optional."""
+        if len(slowdowns) == 4:
+            slowdowns = (*slowdowns, 0.0, 0.0)
+        if len(slowdowns) != len(NEIGHBOUR_KEYS):
+            raise ValueError(f"SharedHostPredictor.slowdowns={slowdowns!r}: need 6 (or 4) "
+                             f"values ({', '.join(NEIGHBOUR_KEYS)})")
         for name, v in zip(NEIGHBOUR_KEYS, slowdowns, strict=True):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1e6:
                 raise ValueError(f"SharedHostPredictor {name}={v!r}: must be a number >= 0")
         self.base = base
         self.slowdowns = tuple(float(v) for v in slowdowns)
-        self.decoding = self.prefilling = 0
+        self.decoding = self.prefilling = self.spinning = 0
         self._fd = self._fp = 1.0
 
     def __getattr__(self, name: str):
         # the base predictor's other attributes (request overheads, model, gpu, ...)
         return getattr(self.base, name)
 
-    def set_neighbours(self, decoding: int, prefilling: int) -> None:
-        """How many other engines of the host decode / prefill now."""
-        dd, dp, pd, pp = self.slowdowns
-        self.decoding, self.prefilling = decoding, prefilling
-        self._fd = 1.0 + dd * decoding + dp * prefilling
-        self._fp = 1.0 + pd * decoding + pp * prefilling
+    def set_neighbours(self, decoding: int, prefilling: int, spinning: int = 0) -> None:
+        """How many other engines of the host decode / prefill / spin now."""
+        dd, dp, pd, pp, ds, ps = self.slowdowns
+        self.decoding, self.prefilling, self.spinning = decoding, prefilling, spinning
+        self._fd = 1.0 + dd * decoding + dp * prefilling + ds * spinning
+        self._fp = 1.0 + pd * decoding + pp * prefilling + ps * spinning
 
     def iteration_s(self, batch: Batch) -> float:
         full = self.base.iteration_s(batch)

@@ -41,9 +41,12 @@ outside the engine's iterations and queue, which the iteration predictor does no
 They become :class:`FittedPredictor`'s ``request_ttft_overhead_s`` / ``request_e2e_overhead_s``.
 
 Optional metadata, co-located engines (absent: 0): ``neighbour_<mine>_slowdown_<theirs>``
-for ``mine`` and ``theirs`` in decode / prefill, how much longer this engine's decode
-iterations / prefills take while one other engine on the same machine decodes / prefills,
-as a fraction (0.3: 30 % longer), measured by ``sagellm calibrate --neighbour-core``. The
+for ``mine`` in decode / prefill and ``theirs`` in decode / prefill / spin, how much longer
+this engine's decode iterations / prefills take while one other engine on the same machine
+decodes / prefills / spins, as a fraction (0.3: 30 % longer), measured by ``sagellm
+calibrate --neighbour-core``; ``neighbour_spin_s``, how long this engine keeps its core
+busy after its last iteration (vLLM's worker busy-polls for new work, see
+:mod:`control_plane.engine.contention`), during which it is a *spinning* neighbour. The
 simulator applies them to instances that share a ``host``
 (:mod:`control_plane.engine.contention`).
 The fixed per-*step* overhead of the engine (scheduling, sampling, Python) is the fit's
@@ -75,14 +78,17 @@ from control_plane.perf.models import ModelSpec, get_model
 from control_plane.perf.parallel import ParallelConfig
 from control_plane.perf.roofline import RooflinePredictor
 
-__all__ = ["COLUMNS", "NEIGHBOUR_KEYS", "OVERHEAD_KEYS", "PROFILES_DIR", "FittedPredictor",
+__all__ = ["COLUMNS", "NEIGHBOUR_KEYS", "OVERHEAD_KEYS", "PROFILES_DIR", "SPIN_KEY",
+           "FittedPredictor",
            "ProfileTable", "builtin_profiles", "find_profile", "predictor_for", "read_profile",
            "resolve_profile", "write_profile"]
 
 COLUMNS = ("prefill_tokens", "prefill_attention", "decode_seqs", "decode_context")
 OVERHEAD_KEYS = ("request_ttft_overhead_s", "request_e2e_overhead_s")
 NEIGHBOUR_KEYS = ("neighbour_decode_slowdown_decode", "neighbour_decode_slowdown_prefill",
-                  "neighbour_prefill_slowdown_decode", "neighbour_prefill_slowdown_prefill")
+                  "neighbour_prefill_slowdown_decode", "neighbour_prefill_slowdown_prefill",
+                  "neighbour_decode_slowdown_spin", "neighbour_prefill_slowdown_spin")
+SPIN_KEY = "neighbour_spin_s"
 PROFILES_DIR = Path(__file__).resolve().parent / "data" / "profiles"
 _REQUIRED_META = ("model", "gpu", "tp", "pp")
 
@@ -259,6 +265,9 @@ class FittedPredictor:
     neighbour_decode_slowdown_prefill: float = 0.0
     neighbour_prefill_slowdown_decode: float = 0.0
     neighbour_prefill_slowdown_prefill: float = 0.0
+    neighbour_decode_slowdown_spin: float = 0.0
+    neighbour_prefill_slowdown_spin: float = 0.0
+    neighbour_spin_s: float = 0.0   # how long this engine spins after its last iteration
 
     @classmethod
     def from_file(cls, name_or_path: str | Path) -> FittedPredictor:
@@ -324,7 +333,7 @@ class FittedPredictor:
 
 def _overheads(table: ProfileTable) -> dict[str, float]:
     out = {}
-    for key in (*OVERHEAD_KEYS, *NEIGHBOUR_KEYS):
+    for key in (*OVERHEAD_KEYS, *NEIGHBOUR_KEYS, SPIN_KEY):
         raw = table.meta.get(key)
         if raw is None or raw == "":
             continue
@@ -333,7 +342,7 @@ def _overheads(table: ProfileTable) -> dict[str, float]:
         except ValueError:
             v = -1.0
         if not v >= 0 or v == float("inf"):
-            what = "seconds" if key in OVERHEAD_KEYS else "a fraction"
+            what = "seconds" if key.endswith("_s") else "a fraction"
             raise ConfigError(f"profile {table.model}/{table.gpu}: metadata {key}={raw!r} must "
                               f"be a finite number >= 0 ({what})")
         out[key] = v

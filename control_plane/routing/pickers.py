@@ -6,6 +6,7 @@ and no random number is drawn. Randomness only from the ``rng`` passed in.
 
 from __future__ import annotations
 
+import hashlib
 import random
 from bisect import bisect_right
 from collections.abc import Sequence
@@ -28,9 +29,21 @@ _INDEX = attrgetter("index")
 
 
 class MaxScorePicker(Picker):
-    """The highest score; exact ties broken uniformly with ``rng``. No scores: uniform."""
+    """The highest score; exact ties broken by the request. No scores: uniform.
+
+    A tie goes to the ``h``-th tied candidate, ``h`` a hash of the request id keyed with a
+    salt drawn once from each new ``rng`` (so the seed still decides, and ties spread
+    uniformly over requests). Keyed on the request rather than drawn per tie, the choice
+    does not depend on how many ties came before: a simulation and a live run of the same
+    trace with the same seed break every tie they share the same way, even when timing
+    makes one of them see a tie the other does not.
+    """
 
     name = "max_score"
+
+    def __init__(self) -> None:
+        self._rng: random.Random | None = None
+        self._salt = b""
 
     def pick(self, request: Request, candidates: Sequence[InstanceView],
              scores: Sequence[float] | None, rng: random.Random) -> int:
@@ -44,9 +57,17 @@ class MaxScorePicker(Picker):
         i = scores.index(best)
         if ties > 1:  # the t-th maximum, found with C-level index() calls
             index = scores.index
-            for _ in range(rng.randrange(ties)):
+            for _ in range(self._tie(request, rng) % ties):
                 i = index(best, i + 1)
         return i
+
+    def _tie(self, request: Request, rng: random.Random) -> int:
+        if rng is not self._rng:
+            self._rng = rng
+            self._salt = rng.getrandbits(128).to_bytes(16, "little")
+        digest = hashlib.blake2b(request.request_id.encode(), digest_size=8,
+                                 key=self._salt).digest()
+        return int.from_bytes(digest, "little")
 
 
 class RandomPicker(Picker):

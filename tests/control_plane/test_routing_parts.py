@@ -117,6 +117,29 @@ def test_max_score_picks_the_maximum_and_spreads_ties():
     assert tied == {1, 3}
 
 
+def test_max_score_breaks_a_tie_by_the_request_not_by_earlier_ties():
+    # a simulation and a live run see different numbers of ties (timing): the request's
+    # own tie-break must not depend on how many came before it, only on the seed
+    st = cluster(4)
+    cands = st.view.candidates
+    tie = [0.7, 0.7, 0.2, 0.7]
+    requests = [req(f"r{k}") for k in range(40)]
+
+    def picks(rng, extra_ties_before):
+        p = PICKERS.create("max_score")
+        out = []
+        for k, rq in enumerate(requests):
+            for j in range(extra_ties_before if k == 5 else 0):
+                p.pick(req(f"other{j}"), cands, tie, rng)
+            out.append(p.pick(rq, cands, tie, rng))
+        return out
+
+    a = picks(random.Random(3), 0)
+    assert a == picks(random.Random(3), 7)  # extra ties elsewhere change nothing
+    assert set(a) == {0, 1, 3}  # spread over every tied candidate
+    assert a != picks(random.Random(4), 0)  # the seed decides
+
+
 def test_weighted_random_respects_zero_scores():
     st = cluster(3)
     p = PICKERS.create("weighted_random")

@@ -58,6 +58,7 @@ class TimedVllm:
         self.vt = 0.0
         self._step_real = 0.0
         self._step_len = 0.0
+        self.last_step_end = float("-inf")   # real time, for a neighbour's spin
         self.waiting: list[_Req] = []
         self.running: list[_Req] = []
         self._chunked: list[_Req] = []   # prompts in the iteration in progress
@@ -252,6 +253,7 @@ class TimedVllm:
             await asyncio.sleep(d * self.pace)
             self.vt += d
             self._step_len = 0.0
+            self.last_step_end = time.monotonic()
             self._chunked = []
             self._observe("iter", ptok + len(decodes))
             for r in decodes:

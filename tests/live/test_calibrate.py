@@ -4,6 +4,7 @@ whose iteration times follow a known model (the fit must recover its coefficient
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -229,10 +230,14 @@ def test_calibrate_names_missing_metrics_and_unreachable_engines():
 
 # --- the neighbour phase: two timed fakes that slow each other down ----------------------
 
+SPIN_S = 0.3   # the fakes' "worker" spins this long after its last iteration
+
+
 class _Neighboured:
     """TRUE's iteration time, slowed as SharedHostPredictor says by what the other fake
     engine's iteration in progress (if any) does when this one's starts: prefilling if it
-    has prompt tokens, else decoding (the simulator's rule)."""
+    has prompt tokens, else decoding (the simulator's rule); spinning if it has none but
+    ended one less than SPIN_S ago."""
 
     def __init__(self, slow, others: list) -> None:
         self.p = SharedHostPredictor(TRUE, slow)
@@ -242,19 +247,21 @@ class _Neighboured:
         o = self.others[0]
         busy = o._step_len > 0
         prefilling = busy and o.batches[-1].prefill_tokens > 0
-        self.p.set_neighbours(int(busy and not prefilling), int(prefilling))
+        spinning = not busy and time.monotonic() - o.last_step_end < SPIN_S
+        self.p.set_neighbours(int(busy and not prefilling), int(prefilling), int(spinning))
         return self.p.iteration_s(batch)
 
 
 def test_neighbour_phase_measures_how_a_busy_neighbour_slows_the_engine():
-    slow = (0.2, 0.3, 0.05, 0.25)     # decode by decode, by prefill; prefill by decode, ...
+    # decode by decode, by prefill; prefill by decode, by prefill; decode, prefill by spin
+    slow = (0.2, 0.3, 0.05, 0.25, 0.1, 0.08)
     box_a: list = []
     box_b: list = []
     engine = TimedVllm(_Neighboured(slow, box_b))
-    other = TimedVllm(_Neighboured((0, 0, 0, 0), box_a))
+    other = TimedVllm(_Neighboured((0,) * 6, box_a))
     box_a.append(engine)
     box_b.append(other)
-    cfg = CalibrationConfig(design=SMALL, **FAST)
+    cfg = CalibrationConfig(design=SMALL, neighbour_spin_s=SPIN_S, **FAST)
 
     async def main():
         urls = [await engine.start(), await other.start()]
@@ -271,7 +278,12 @@ def test_neighbour_phase_measures_how_a_busy_neighbour_slows_the_engine():
     # the prefill probe's iteration also decodes its background request: separated
     assert got[("prefill", "decode")] == pytest.approx(0.05, abs=0.02)
     assert got[("prefill", "prefill")] == pytest.approx(0.25, abs=0.02)
+    # a spinning neighbour; and the alone probes waited its spin out (else every
+    # slowdown would come out low)
+    assert got[("decode", "spin")] == pytest.approx(0.1, abs=0.02)
+    assert got[("prefill", "spin")] == pytest.approx(0.08, abs=0.02)
     assert all(len(v) == 3 for v in res.neighbour.ratios.values())
+    assert len(res.neighbour.ratios) == 6
     # the design itself ran with the neighbour idle: the fit is the undisturbed model
     fp = res.report.full
     assert fp.per_decode_seq_s == pytest.approx(TRUE.per_decode_seq_s, rel=0.02)
@@ -279,6 +291,8 @@ def test_neighbour_phase_measures_how_a_busy_neighbour_slows_the_engine():
     # the profile carries the four figures; the simulator reads them back
     fitted = FittedPredictor.from_table(res.table)
     assert fitted.neighbour_decode_slowdown_prefill == pytest.approx(0.3, abs=0.02)
+    assert fitted.neighbour_prefill_slowdown_spin == pytest.approx(0.08, abs=0.02)
+    assert fitted.neighbour_spin_s == SPIN_S
     assert "neighbour_method" in res.table.meta
     assert any(line.startswith("neighbour engine busy") for line in res.lines())
 

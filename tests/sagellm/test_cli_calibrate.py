@@ -86,6 +86,15 @@ def test_shared_host_in_an_experiment(tmp_path):
                                  "# model:", 1))
     with pytest.raises(ConfigError, match="neighbour_prefill_slowdown_prefill='-1' must be"):
         experiment_from_dict({"cluster": {"instances": [{"id": "cpu", "profile": str(path)}]}})
+    path.write_text(text.replace("# model:", "# neighbour_decode_slowdown_spin: 0.05\n"
+                                 "# neighbour_spin_s: 1.0\n# model:", 1))
+    pred = experiment_from_dict({"cluster": {"instances": [
+        {"id": "cpu", "profile": str(path)}]}}).instances[0].predictor
+    assert (pred.neighbour_decode_slowdown_spin, pred.neighbour_spin_s) == (0.05, 1.0)
+    path.write_text(text.replace("# model:", "# neighbour_spin_s: soon\n# model:", 1))
+    with pytest.raises(ConfigError, match=r"neighbour_spin_s='soon' must be a finite number "
+                                          r">= 0 \(seconds\)"):
+        experiment_from_dict({"cluster": {"instances": [{"id": "cpu", "profile": str(path)}]}})
 
 
 def test_experiment_profile_errors_name_the_key(tmp_path):

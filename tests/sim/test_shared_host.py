@@ -98,3 +98,41 @@ def test_admissions_are_tracked_on_request_and_follow_a_retry():
     assert recs["a"].instance_id == "i1" and recs["a"].attempts == 2
     assert res.admissions["b"] == 0.0
     assert res.admissions["a"] > 1.0     # on i1, after the failure (not i0's at 0.0)
+
+
+SPINNING = dataclasses.replace(BASE, neighbour_decode_slowdown_spin=0.1,
+                               neighbour_prefill_slowdown_spin=0.05, neighbour_spin_s=1.0)
+
+
+def test_a_neighbour_spins_for_its_spin_s_after_its_last_iteration():
+    # "a" (i0) ends at about 0.2 s; "b" (i1) then decodes next to a spinning i0 (x1.1)
+    # until i0's spin ends 1 s later, then alone
+    short = _req("a", 0.0, 50, 10)
+    alone = _run([short, _req("b", 0.0, 50, 10)], BASE, None)
+    end_a = alone["a"].finish_s
+    tpot0 = _tpot(alone["b"])
+    within = _run([short, _req("b", end_a + 0.01, 50, 10)], SPINNING, "h")
+    after = _run([short, _req("b", end_a + 1.5, 50, 10)], SPINNING, "h")
+    assert within["a"].finish_s == pytest.approx(end_a)     # "b" arrives after "a" ends
+    assert _tpot(within["b"]) == pytest.approx(1.1 * tpot0, rel=1e-6)
+    assert _tpot(after["b"]) == pytest.approx(tpot0, rel=1e-6)
+    # the same request while "a" runs again within the spin: decoding, not spinning
+    busy = _run([short, _req("b", end_a + 0.01, 50, 10), _req("c", end_a + 0.01, 50, 400)],
+                SPINNING, "h")
+    assert busy["b"].instance_id == "i1" and busy["c"].instance_id == "i0"
+    assert _tpot(busy["b"]) == pytest.approx(tpot0, rel=1e-6)  # no decode slowdown set
+
+
+def test_a_failed_engine_does_not_spin():
+    # i0 fails at 0.5 s while decoding "a"; "a" is retried on i1 at once and decodes there
+    # at full speed (a spinning dead i0 would slow it by 10 % for a second)
+    reqs = [_req("a", 0.0, 50, 300), _req("b", 0.0, 50, 4)]
+
+    def run(host):
+        res = simulate(reqs, _insts(SPINNING, host), failures=[("i0", 0.5, None)],
+                       config=SimConfig(network_delay_s=0.0))
+        return {r.request_id: r for r in res.records}
+
+    got, ref = run("h"), run(None)
+    assert got["a"].instance_id == "i1" and got["a"].attempts == 2
+    assert got["a"].finish_s == pytest.approx(ref["a"].finish_s, rel=1e-9)
