@@ -19,13 +19,18 @@ profiled: each engine's whole process tree confined to its core. The simulated i
 share one host (the profiles' neighbour slowdowns apply). See :mod:`sagellm.fidelity` for
 the method and the figures.
 
-Before each load and router, with ``--speed-check`` (default), a few of the calibration's
-probes measure how much slower or faster each engine runs than its profile right now
-(:mod:`live.speed_check`; this machine drifts by up to a quarter within an hour) and the
-simulator runs the profile at that speed (``runs[].speed``; ``runs[].err_profile_speed``:
-the errors at the profile's own speed).
+With ``--speed-check`` (default), before each load and router and after each of its live
+replays, a few of the calibration's probes measure how much slower or faster each engine
+runs than its profile right now (:mod:`live.speed_check`; this machine drifts by up to a
+quarter within an hour), and each replay is simulated with the profile at the mean of the
+checks just before and after it (bracketed, as a drifting instrument is: a check before
+the replays only missed a drift during them by up to 10 %). ``runs[].speed``: per engine,
+the mean factors and every check; ``runs[].err_profile_speed``: the errors at the
+profile's own speed. Each replay's simulation is written next to it (``sim``, ``sim-2``,
+...) with the replay's request ids.
 
-The live figures pool the replays; ``runs[].live_spread`` is how much a replay differs
+The live figures pool the replays, and the simulated ones pool their simulations the same
+way; ``runs[].live_spread`` is how much a replay differs
 from the first one (the same requests on the same engines): the live system's own
 run-to-run spread, against which ``failures_beyond_live_spread`` lists the target misses
 that exceed it.
@@ -170,6 +175,15 @@ async def _speed_checks(urls: list[str], insts) -> list:
     return out
 
 
+def _at_speed(insts, checks: list) -> list:
+    """The instances with each engine's profile scaled to the mean of ``checks`` (speed
+    checks of all engines, e.g. the ones just before and after a replay)."""
+    return [dataclasses.replace(i, predictor=i.predictor.scaled(
+        float(np.mean([c[k].decode for c in checks])),
+        float(np.mean([c[k].prefill for c in checks]))))
+        for k, i in enumerate(insts)]
+
+
 def _calibrate_here(urls: list[str], out: Path, budget_s: float, repeats: int) -> list[Path]:
     """Calibrate each launched engine, the next one as its neighbour (``sagellm calibrate
     --engine URL --neighbour URL``, in this process as the replay's client will be): one
@@ -247,15 +261,16 @@ def run(args) -> dict:
                 tag = f"l{load:g}-{router}-"
                 reqs = [dataclasses.replace(r, request_id=tag + r.request_id)
                         for r in work.requests(rate)]
-                run_insts, speed = insts, None
-                if args.speed_check:
-                    speed = asyncio.run(_speed_checks(urls, insts))
-                    run_insts = [dataclasses.replace(i, predictor=i.predictor.scaled(
-                        c.decode, c.prefill)) for i, c in zip(insts, speed, strict=True)]
-                replays, engine_side, cpu = [], None, []
                 folder = out / f"load={load:g}" / f"router={router}"
-                for stale in folder.glob("source=live-*.parquet"):
+                for stale in (*folder.glob("source=live-*.parquet"),
+                              *folder.glob("source=sim-*.parquet")):
                     stale.unlink()   # from an earlier run with more replays
+                checks = [asyncio.run(_speed_checks(urls, insts))] if args.speed_check else []
+                replays, sims, engine_side, cpu = [], [], [], []
+                simulate = functools.partial(
+                    sim_run, router=router, network_delay_s=delay,
+                    scrape_interval_s=args.scrape_interval,
+                    tick_interval_s=args.scrape_interval)
                 for rep in range(args.live_repeats):
                     asyncio.run(_wait_idle(urls))
                     again = [dataclasses.replace(r, request_id=f"{r.request_id}-r{rep}")
@@ -263,38 +278,44 @@ def run(args) -> dict:
                     live, delta, client_cpu = asyncio.run(_live(
                         again, [i.spec for i in insts], urls, router, model,
                         args.scrape_interval))
-                    write_records(out, load, router, "live" if rep == 0 else f"live-{rep + 1}",
-                                  live)
+                    source = "live" if rep == 0 else f"live-{rep + 1}"
+                    write_records(out, load, router, source, live)
                     replays.append(live)
-                    engine_side = delta if engine_side is None else engine_side + delta
                     cpu.append(client_cpu)
-                simulate = functools.partial(
-                    sim_run, reqs, router=router, network_delay_s=delay,
-                    scrape_interval_s=args.scrape_interval,
-                    tick_interval_s=args.scrape_interval)
-                simulated = simulate(run_insts)
-                sim = simulated.records
-                write_records(out, load, router, "sim", sim)
-                fl, fs = pooled_figures(replays), figures(sim)
+                    run_insts = insts
+                    if args.speed_check:   # bracketed: the checks before and after it
+                        checks.append(asyncio.run(_speed_checks(urls, insts)))
+                        run_insts = _at_speed(insts, checks[-2:])
+                    simulated = simulate(again, run_insts)
+                    write_records(out, load, router, source.replace("live", "sim"),
+                                  simulated.records)
+                    sims.append(simulated)
+                    engine_side.append(engine_means(delta, simulated, delay))
+                fl = pooled_figures(replays)
+                fs = pooled_figures([x.records for x in sims])
                 each = [figures(r) for r in replays]
                 err, spread = rel_errors(fs, fl), repeat_spread(each)
                 extra = {}
-                if speed is not None:   # the profile as measured, without the speed check
-                    extra = {"speed": {n: c.as_dict() for n, c in zip(names, speed,
-                                                                       strict=True)},
+                if checks:   # the profile as measured, without the speed checks
+                    extra = {"speed": {n: {"decode": round(float(np.mean(
+                                 [c[k].decode for c in checks])), 4),
+                                 "prefill": round(float(np.mean(
+                                     [c[k].prefill for c in checks])), 4),
+                                 "checks": [c[k].as_dict() for c in checks]}
+                                 for k, n in enumerate(names)},
                              "err_profile_speed": _round(rel_errors(
-                                 figures(simulate(insts).records), fl))}
+                                 figures(simulate(reqs, insts).records), fl))}
                 runs.append({"load": load, "router": router, "rate_per_s": round(rate, 4),
                              "live": _round(fl), "sim": _round(fs), "err": _round(err),
                              **extra,
                              "live_replays": [_round(f) for f in each],
-                             "same_engine": [round(routing_agreement(
-                                 r, sim, suffix=f"-r{k}" if k else ""), 4)
-                                 for k, r in enumerate(replays)],
+                             "same_engine": [round(routing_agreement(r, x.records), 4)
+                                             for r, x in zip(replays, sims, strict=True)],
                              "live_spread": _round(spread),
-                             "engine_side": _round({**engine_means(engine_side, simulated,
-                                                                   delay),
-                                                    "gateway_client_cpu_cores": max(cpu)}),
+                             "engine_side": _round({
+                                 **{k: float(np.mean([e[k] for e in engine_side]))
+                                    for k in engine_side[0]},
+                                 "gateway_client_cpu_cores": max(cpu)}),
                              "live_failed": sum(r.status != "ok" for rs in replays for r in rs)})
                 print(f"load {load:g} {router}: " + ", ".join(
                     f"{k} {err[k] * 100:.1f}% (live spread {spread[k] * 100:.1f}%)"
@@ -353,10 +374,11 @@ def main() -> int:
                     help="seconds of design probes per engine (the first round always runs)")
     ap.add_argument("--neighbour-repeats", type=int, default=5)
     ap.add_argument("--speed-check", action=argparse.BooleanOptionalAction, default=True,
-                    help="before each load and router, measure each engine's speed against "
-                    "its profile (a few of the calibration's probes, live.speed_check) and "
-                    "simulate it at that speed (this machine drifts by up to a quarter "
-                    "within an hour); runs[].err_profile_speed: the errors without")
+                    help="before each load and router and after each replay, measure each "
+                    "engine's speed against its profile (a few of the calibration's probes, "
+                    "live.speed_check) and simulate each replay at the mean of the checks "
+                    "around it (this machine drifts by up to a quarter within an hour); "
+                    "runs[].err_profile_speed: the errors without")
     ap.add_argument("--requests", type=int, default=150)
     ap.add_argument("--live-repeats", type=int, default=2,
                     help="live replays of each load and router (the live figures pool them; "

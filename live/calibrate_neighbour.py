@@ -20,9 +20,10 @@ probe's iteration also decodes its background request: :meth:`NeighbourResult.wi
 separates the two with the fitted iteration time.
 
 Why several neighbour states: what slows an engine depends on what its neighbour does. On the
-2-core machines used here (medians of 7 repeats in four calibrations), a neighbour that
-decodes (a memory-bound loop) slows this engine's decode iterations by 9-15 % and its
-prefills by 0-4 %; one that prefills (compute-bound) slows either by 0-4 %.
+2-core machines used here (two calibrations, medians of 7 and 15 repeats), a neighbour that
+decodes (a memory-bound loop) slows this engine's decode iterations by 16-23 % and its
+prefills by 7 %; one that prefills (compute-bound) by 5-8 % and 3-4 %; one that spins by
+4 % each. Single repeats scatter widely (decode by decode: 1.02 to 1.33), hence the medians.
 """
 
 from __future__ import annotations

@@ -96,16 +96,18 @@ def fidelity_records(results_dir: str | Path, *, requests: int = 200,
 
 def quantile_table(records: pd.DataFrame, *, quantiles: tuple[float, ...] = (0.5, 0.9, 0.99),
                    metrics: tuple[str, ...] = ("ttft_s", "tpot_s", "e2e_s")) -> pd.DataFrame:
-    """Per (load, router, metric, quantile): one column per source (``sim`` first) and
-    ``diff_<source>``, each live source's relative difference from the simulator's."""
+    """Per (load, router, metric, quantile): one column per source (the simulated ones,
+    ``sim``, ``sim-2``, ..., first) and ``diff_<source>``, each live source's relative
+    difference from ``sim``'s."""
     lat = latencies(records)
     q = lat.groupby(["load", "router", "source"])[list(metrics)].quantile(list(quantiles))
     q.index = q.index.set_names("quantile", level=-1)
     table = q.stack().rename_axis(index={None: "metric"}).unstack("source")
     table = table.reorder_levels(["load", "router", "metric", "quantile"]).sort_index()
     table = table.reindex(list(metrics), level="metric")  # in the order asked for
-    live = [c for c in table.columns if c != SIM]
-    table = table[[SIM, *live]] if SIM in table.columns else table
+    sims = sorted(c for c in table.columns if str(c).startswith(SIM))
+    live = [c for c in table.columns if c not in sims]
+    table = table[[*sims, *live]]
     if SIM in table.columns:
         for c in live:
             table[f"diff_{c}"] = (table[c] - table[SIM]) / table[SIM]

