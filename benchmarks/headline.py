@@ -9,7 +9,7 @@ finalist, sensitivity to the target, further workload seeds, deployment variants
 ``reports/headline_summaries.csv`` and ``reports/headline_*.png``; run files (Parquet, one
 per simulation, reused by a rerun) go to ``--work``.
 
-    .venv/bin/python benchmarks/headline.py --workers 2   # about 30 min from scratch here
+    .venv/bin/python benchmarks/headline.py --workers 2   # 234 s from scratch here (2 cores)
 
 Cluster: Llama-3-8B on 2 H100 + 2 A100 (``sagellm compare``'s built-in ``default``: one TP-1
 vLLM-like engine per GPU, at most 128 requests in flight per engine, global queue of 5,000).
