@@ -97,26 +97,9 @@ class _Track:
 
 
 class _Inst:
-    __slots__ = (
-        "cfg",
-        "down",
-        "end_prio",
-        "engine",
-        "host",
-        "idx",
-        "iid",
-        "lost",
-        "predictor",
-        "series",
-        "spec",
-        "spin_s",
-        "spins",
-        "usd_per_token",
-        "version",
-        "wake",
-        "wake_prio",
-        "work",
-    )
+    __slots__ = ("cfg", "down", "end_prio", "engine", "host", "idx", "iid", "lost",
+                 "predictor", "series", "spec", "spin_s", "spins", "usd_per_token",
+                 "version", "wake", "wake_prio", "work")
 
     def __init__(self, idx: int, sim: InstanceSim, fast_forward: bool,
                  track_admissions: bool = False) -> None:
@@ -212,9 +195,10 @@ class ClusterRun:
         """``inst`` now does ``work`` (_IDLE, _DECODING, _PREFILLING, _SPINNING): its host's
         other engines change speed (a decode run in progress ends with its current
         iteration, see Engine.retime). An engine that stops working spins for its
-        ``spin_s`` first (if any), then idles."""
-        if spin and work == _IDLE and inst.spin_s > 0 and inst.work in (_DECODING,
-                                                                       _PREFILLING):
+        ``spin_s`` first (if any), then idles (``spin=False``: at once)."""
+        if spin and work == _IDLE and inst.spin_s > 0 and inst.work != _IDLE:
+            if inst.work == _SPINNING:
+                return   # spins on until its timer
             work = _SPINNING
             inst.spins += 1
             self._at(self.env.now + inst.spin_s, _NORMAL, self._spun, (inst, inst.spins))
@@ -242,7 +226,7 @@ class ClusterRun:
     def _spun(self, ev) -> None:
         inst, spins = ev.arg
         if spins == inst.spins and inst.work == _SPINNING:
-            self._work(inst, _IDLE)
+            self._work(inst, _IDLE, spin=False)
 
     def _at(self, at: float, prio: int, fn, arg) -> None:
         self.env.call_at(at, prio, fn, arg)
