@@ -136,3 +136,25 @@ def test_a_failed_engine_does_not_spin():
     got, ref = run("h"), run(None)
     assert got["a"].instance_id == "i1" and got["a"].attempts == 2
     assert got["a"].finish_s == pytest.approx(ref["a"].finish_s, rel=1e-9)
+
+
+def test_an_engine_woken_with_nothing_to_do_spins_on_until_its_timer():
+    # the path where a spinning engine is started but finds no work (a request aborted
+    # between its delivery and the start): it keeps spinning, its neighbour slowed, until
+    # its spin_s after its last iteration, then idles
+    from control_plane import ControlPlane
+    from sim.cluster import _DECODING, _IDLE, _SPINNING, ClusterRun
+
+    insts = _insts(SPINNING, "h")
+    run = ClusterRun(ControlPlane([i.spec for i in insts]), insts,
+                     SimConfig(network_delay_s=0.0), [])
+    a, b = run.insts
+    run._work(a, _DECODING)
+    assert (b.predictor.decoding, b.predictor.spinning) == (1, 0)
+    run._work(a, _IDLE)                       # its last iteration ended at t = 0
+    assert a.work == _SPINNING and b.predictor.spinning == 1
+    run.env.run(until=0.5)
+    run._work(a, _IDLE)                       # woken at 0.5 with nothing to do
+    assert a.work == _SPINNING and b.predictor.spinning == 1
+    run.env.run(until=1.0 + 1e-9)             # spin_s = 1.0 after the last iteration
+    assert a.work == _IDLE and b.predictor.spinning == 0
