@@ -162,26 +162,42 @@ async def _live(requests, specs, urls, router, model, scrape_s):
 async def _speed_checks(urls: list[str], insts) -> list:
     """Each engine's speed against its profile now (``live.speed_check``), one at a time,
     the others idle (vLLM's worker busy-polls for 1 s after its last iteration)."""
-    from live.calibrate import CALIBRATION_TIMEOUTS
+    from live.calibrate import CALIBRATION_TIMEOUTS, CalibrationConfig
     from live.client import EngineClient
     from live.speed_check import speed_check
+    spin_s = CalibrationConfig().neighbour_spin_s
     out = []
     for url, inst in zip(urls, insts, strict=True):
         await _wait_idle(urls)
-        await asyncio.sleep(1.2)
+        await asyncio.sleep(spin_s + 0.2)
         async with EngineClient(url, timeouts=CALIBRATION_TIMEOUTS) as c:
             out.append(await speed_check(c, inst.predictor, say=lambda m: print(
                 f"[speed] {m}", file=sys.stderr)))
     return out
 
 
+def _mean_factors(checks: list, k: int) -> tuple[float, float]:
+    """Engine ``k``'s mean decode and prefill factors over ``checks`` (speed checks of all
+    engines)."""
+    return (float(np.mean([c[k].decode for c in checks])),
+            float(np.mean([c[k].prefill for c in checks])))
+
+
+def _speed_report(checks: list, names: list[str]) -> dict:
+    """``runs[].speed``: per engine, the mean factors over ``checks`` and every check."""
+    out = {}
+    for k, name in enumerate(names):
+        decode, prefill = _mean_factors(checks, k)
+        out[name] = {"decode": round(decode, 4), "prefill": round(prefill, 4),
+                     "checks": [c[k].as_dict() for c in checks]}
+    return out
+
+
 def _at_speed(insts, checks: list) -> list:
-    """The instances with each engine's profile scaled to the mean of ``checks`` (speed
-    checks of all engines, e.g. the ones just before and after a replay)."""
-    return [dataclasses.replace(i, predictor=i.predictor.scaled(
-        float(np.mean([c[k].decode for c in checks])),
-        float(np.mean([c[k].prefill for c in checks]))))
-        for k, i in enumerate(insts)]
+    """The instances with each engine's profile scaled to the mean of ``checks`` (e.g. the
+    ones just before and after a replay)."""
+    return [dataclasses.replace(i, predictor=i.predictor.scaled(*_mean_factors(checks, k)))
+            for k, i in enumerate(insts)]
 
 
 def _calibrate_here(urls: list[str], out: Path, budget_s: float, repeats: int) -> list[Path]:
@@ -297,12 +313,7 @@ def run(args) -> dict:
                 err, spread = rel_errors(fs, fl), repeat_spread(each)
                 extra = {}
                 if checks:   # the profile as measured, without the speed checks
-                    extra = {"speed": {n: {"decode": round(float(np.mean(
-                                 [c[k].decode for c in checks])), 4),
-                                 "prefill": round(float(np.mean(
-                                     [c[k].prefill for c in checks])), 4),
-                                 "checks": [c[k].as_dict() for c in checks]}
-                                 for k, n in enumerate(names)},
+                    extra = {"speed": _speed_report(checks, names),
                              "err_profile_speed": _round(rel_errors(
                                  figures(simulate(reqs, insts).records), fl))}
                 runs.append({"load": load, "router": router, "rate_per_s": round(rate, 4),
