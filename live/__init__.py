@@ -21,21 +21,57 @@
 - :mod:`live.emulate`: an emulated vLLM engine (the simulator's engine model,
   :mod:`control_plane.engine`, run in real time), served as vLLM's OpenAI API and metrics
   by :mod:`live.emulate_api` (``sagellm emulate``; metrics in :mod:`live.emulate_metrics`)
+- :mod:`live.op_profile`: times a model's layer operators with PyTorch on a GPU (or CPU)
+  and writes them in the format of Vidur's operator profiles (timing in :mod:`live.op_timer`)
 """
 
-from live.calibrate import CalibrationConfig, CalibrationError, CalibrationResult, calibrate
-from live.calibrate_design import Design
-from live.client import EngineClient, EngineError, EngineTimeouts
-from live.emulate import EmulatedEngine, EngineRefused, TokenStream
-from live.emulate_api import EmulatorServer
-from live.engine_spec import EngineSpec, plan_engines
-from live.gateway import Gateway, GatewayConfig
-from live.headers import HeaderError, RequestHints, parse_hints
-from live.launcher import EngineGroup, EngineProcess, EngineStartError
-from live.metrics_scrape import EngineMetrics, MetricsScraper, parse_metrics
-from live.replay import ReplayConfig, ReplayResult, replay, run_replay
-from live.tiny_model import ensure_model
-from live.vllm_env import VllmEnv, VllmEnvError, ensure_vllm_env
+import importlib
+
+# Imported on first use (PEP 562), so that ``python -m live.op_profile`` runs in an
+# interpreter that has torch but not the HTTP stack (a GPU machine without vLLM). The
+# function ``calibrate`` is not among them: ``live.calibrate`` is its module.
+_EXPORTS = {
+    "CalibrationConfig": "live.calibrate",
+    "CalibrationError": "live.calibrate",
+    "CalibrationResult": "live.calibrate",
+    "Design": "live.calibrate_design",
+    "EmulatedEngine": "live.emulate",
+    "EmulatorServer": "live.emulate_api",
+    "EngineClient": "live.client",
+    "EngineError": "live.client",
+    "EngineGroup": "live.launcher",
+    "EngineMetrics": "live.metrics_scrape",
+    "EngineProcess": "live.launcher",
+    "EngineRefused": "live.emulate",
+    "EngineSpec": "live.engine_spec",
+    "EngineStartError": "live.launcher",
+    "EngineTimeouts": "live.client",
+    "Gateway": "live.gateway",
+    "GatewayConfig": "live.gateway",
+    "HeaderError": "live.headers",
+    "MetricsScraper": "live.metrics_scrape",
+    "ReplayConfig": "live.replay",
+    "ReplayResult": "live.replay",
+    "RequestHints": "live.headers",
+    "TokenStream": "live.emulate",
+    "VllmEnv": "live.vllm_env",
+    "VllmEnvError": "live.vllm_env",
+    "ensure_model": "live.tiny_model",
+    "ensure_vllm_env": "live.vllm_env",
+    "parse_hints": "live.headers",
+    "parse_metrics": "live.metrics_scrape",
+    "plan_engines": "live.engine_spec",
+    "replay": "live.replay",
+    "run_replay": "live.replay",
+}
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'live' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
 
 __all__ = [
     "CalibrationConfig",
@@ -63,7 +99,6 @@ __all__ = [
     "TokenStream",
     "VllmEnv",
     "VllmEnvError",
-    "calibrate",
     "ensure_model",
     "ensure_vllm_env",
     "parse_hints",

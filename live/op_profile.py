@@ -1,0 +1,465 @@
+"""Profile a model's layer operators with PyTorch on this machine's GPU (or CPU).
+
+    python -m live.op_profile --model llama-2-7b --tp 1,2,4,8 --gpu-name h200 --out DIR
+
+Run in an interpreter that has ``torch`` (it imports only ``torch``, the standard library
+and :mod:`control_plane.perf.models`): on a GPU machine without vLLM this is how the
+roofline's coefficients are measured (``sagellm calibrate --ops`` runs it). Writes, per
+model, files in the column format of Vidur's public profiles (so ``sagellm.perf_fit``
+reads both alike), times in milliseconds per call:
+
+- ``mlp__<gpu>__<org>__<model>.csv``: one row per (``num_tokens``,
+  ``num_tensor_parallel_workers``) with ``time_stats.<op>.{min,max,mean,median,std}`` of
+  one layer's ops on that GPU's shard: ``emb``, ``input_layernorm``, ``attn_pre_proj``,
+  ``attn_rope``, ``attn_post_proj``, ``post_attention_layernorm``, ``mlp_up_proj``,
+  ``mlp_act``, ``mlp_down_proj``, ``add``;
+- ``attention__<gpu>__<org>__<model>.csv``: one row per attention shape: a prefill of
+  ``prefill_chunk_size`` tokens (causal, fresh prompt, ``is_prefill`` 1, op
+  ``attn_prefill``) or a decode of ``batch_size`` sequences over ``kv_cache_size`` context
+  tokens each (``attn_decode``), plus ``attn_kv_cache_save`` (writing the step's new K and
+  V into a cache);
+- ``layer__<gpu>__<org>__<model>.csv``: one whole decoder layer (the ops above chained,
+  attention included) for a batch of ``prefill_tokens`` (one prompt) and ``decode_seqs``
+  sequences at ``decode_context`` tokens each: what an iteration is made of, to check the
+  iteration-time predictor end to end;
+- ``meta.json``: device, torch and CUDA versions, timing method, the command, and a
+  measured bf16 matmul rate and device-to-device copy bandwidth.
+
+Kernels are PyTorch's own (cuBLAS matmuls, ``F.rms_norm``, ``F.silu``, flash attention
+through ``F.scaled_dot_product_attention``); RoPE and the gated activation are eager
+element-wise ops, not vLLM's fused kernels. Decode attention treats a KV head's group of
+query heads as its query rows (``hq / kv_heads`` rows over the context), as flash-decoding
+kernels do. Weights are random bf16. Timing: :mod:`live.op_timer`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import functools
+import json
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from control_plane.perf.models import ModelSpec, get_model
+from live.op_timer import copies_for, time_op
+
+__all__ = ["ATTENTION_OPS", "HF_IDS", "MLP_OPS", "main", "profile_attention", "profile_layer",
+           "profile_mlp"]
+
+MLP_OPS = ("emb", "input_layernorm", "attn_pre_proj", "attn_rope", "attn_post_proj",
+           "post_attention_layernorm", "mlp_up_proj", "mlp_act", "mlp_down_proj", "add")
+ATTENTION_OPS = ("attn_prefill", "attn_decode", "attn_kv_cache_save")
+STATS = ("min", "max", "mean", "median", "std")
+HF_IDS = {"llama-2-7b": "meta-llama/Llama-2-7b-hf", "llama-2-70b": "meta-llama/Llama-2-70b-hf",
+          "llama-3-8b": "meta-llama/Meta-Llama-3-8B", "llama-3-70b": "meta-llama/Meta-Llama-3-70B",
+          "codellama-34b": "codellama/CodeLlama-34b-Instruct-hf", "qwen2.5-7b": "Qwen/Qwen2.5-7B"}
+TOKENS = (1, 2, 4, 8, 16, 32, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
+PREFILL = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+DECODE_BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+DECODE_CONTEXT = (128, 512, 1024, 2048, 4096, 8192)
+LAYER_BATCHES = ((0, 1, 512), (0, 8, 512), (0, 32, 1024), (0, 128, 1024), (0, 64, 4096),
+                 (0, 256, 2048), (128, 0, 0), (512, 0, 0), (2048, 0, 0), (4096, 0, 0),
+                 (256, 32, 1024), (1024, 64, 1024), (2048, 128, 2048))
+KV_CAP_BYTES = 8 * 2**30
+
+
+class Shard:
+    """One GPU's slice of ``model``'s layer under ``tp``-way tensor parallelism."""
+
+    def __init__(self, model: ModelSpec, tp: int) -> None:
+        if model.heads % tp:
+            raise ValueError(f"tp={tp} does not divide {model.name}'s {model.heads} heads")
+        self.model, self.tp = model, tp
+        self.h, self.d = model.hidden, model.head_dim
+        self.hq = model.heads // tp
+        self.kvg = max(1, model.kv_heads // tp)  # KV heads are replicated when tp > kv_heads
+        self.i = model.intermediate // tp
+        self.vocab = model.vocab // tp
+
+
+class _Weights:
+    """Random bf16 weights of one shard's layer, each matrix in enough copies to rotate
+    over (:func:`live.op_timer.copies_for`), made once per shard."""
+
+    def __init__(self, s: Shard, device: torch.device, dtype, inner: int, seed: int) -> None:
+        self.s, self.dev, self.dt = s, device, dtype
+        self.gen = torch.Generator(device=device).manual_seed(seed)
+        h, d = s.h, s.d
+        self.qkv = self.copies(inner, (s.hq + 2 * s.kvg) * d, h)
+        self.o = self.copies(inner, h, s.hq * d)
+        self.up = self.copies(inner, 2 * s.i, h)
+        self.down = self.copies(inner, h, s.i)
+        self.table = self.copies(inner, s.vocab, h)
+        self.norm = self.rand(h)
+
+    def rand(self, *shape: int) -> torch.Tensor:
+        return torch.empty(*shape, device=self.dev, dtype=self.dt).normal_(0, 0.02,
+                                                                           generator=self.gen)
+
+    def copies(self, inner: int, *shape: int) -> list[torch.Tensor]:
+        n = self.dt.itemsize
+        for v in shape:
+            n *= v
+        k = copies_for(n, inner) if self.dev.type == "cuda" else 1
+        return [self.rand(*shape) for _ in range(k)]
+
+
+def _mlp_closures(w: _Weights, tokens: int) -> dict[str, list[Callable[[], object]]]:
+    """One closure per op (a list: one per weight copy) for ``tokens`` tokens."""
+    s, h, d, t = w.s, w.s.h, w.s.d, tokens
+    x, res = w.rand(t, h), w.rand(t, h)
+    qk = w.rand(t, (s.hq + s.kvg) * d)
+    cos, sin = w.rand(t, 1, d // 2), w.rand(t, 1, d // 2)
+    gate_up, attn_out, act_out = w.rand(t, 2 * s.i), w.rand(t, s.hq * d), w.rand(t, s.i)
+    ids = torch.randint(0, s.vocab, (t,), device=w.dev, generator=w.gen)
+
+    def gemm(a: torch.Tensor, mats: list[torch.Tensor]) -> list[Callable[[], object]]:
+        return [lambda m=m: F.linear(a, m) for m in mats]
+
+    return {
+        "emb": [lambda tb=tb: F.embedding(ids, tb) for tb in w.table],
+        "input_layernorm": [lambda: rms_norm(x, w.norm)],
+        "attn_pre_proj": gemm(x, w.qkv),
+        "attn_rope": [lambda: KERNELS["rope"](qk, cos, sin, s.hq + s.kvg, d)],
+        "attn_post_proj": gemm(attn_out, w.o),
+        "post_attention_layernorm": [lambda: rms_norm(x, w.norm)],
+        "mlp_up_proj": gemm(x, w.up),
+        "mlp_act": [lambda: KERNELS["gated_silu"](gate_up)],
+        "mlp_down_proj": gemm(act_out, w.down),
+        "add": [lambda: x + res],
+    }
+
+
+def rms_norm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return F.rms_norm(x, (x.shape[-1],), w, 1e-5)
+
+
+def rope(qk: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int,
+         d: int) -> torch.Tensor:
+    """Neox-style rotary embedding of the query and key rows of ``qk`` (tokens, heads*d)."""
+    t = qk.shape[0]
+    v = qk.reshape(t, heads, d)
+    a, b = v[..., : d // 2], v[..., d // 2:]
+    return torch.cat((a * cos - b * sin, b * cos + a * sin), dim=-1).view(t, heads * d)
+
+
+def gated_silu(gate_up: torch.Tensor) -> torch.Tensor:
+    g, u = gate_up.chunk(2, dim=-1)
+    return F.silu(g) * u
+
+
+KERNELS: dict[str, Callable] = {"rope": rope, "gated_silu": gated_silu}
+
+
+def fuse_elementwise() -> None:
+    """Compile RoPE and the gated activation with ``torch.compile`` (one fused kernel each,
+    as vLLM's own kernels are) instead of PyTorch's eager chain of element-wise kernels."""
+    for name, fn in (("rope", rope), ("gated_silu", gated_silu)):
+        KERNELS[name] = torch.compile(fn, dynamic=True, fullgraph=True)
+
+
+def _row(stats_by_op: dict[str, dict[str, float]]) -> dict[str, float]:
+    return {f"time_stats.{op}.{k}": v for op, st in stats_by_op.items() for k, v in st.items()}
+
+
+def profile_mlp(model: ModelSpec, tps, tokens, device, dtype, reps: int, inner: int,
+                deadline: float) -> list[dict]:
+    rows = []
+    for tp in tps:
+        w = _Weights(Shard(model, tp), device, dtype, inner, seed=tp)
+        for t in tokens:
+            if time.monotonic() > deadline:
+                return rows
+            st = {op: time_op(fns, device, reps, inner).stats()
+                  for op, fns in _mlp_closures(w, t).items()}
+            rows.append({"n_head": model.heads, "n_kv_head": model.kv_heads, "n_embd": model.hidden,
+                         "n_expanded_embd": model.intermediate, "vocab_size": model.vocab,
+                         "use_gated_mlp": True, "num_tokens": t,
+                         "num_tensor_parallel_workers": tp} | _row(st))
+        del w
+    return rows
+
+
+def _rand(gen: torch.Generator, dtype, *shape: int, std: float = 1.0) -> torch.Tensor:
+    return torch.empty(*shape, device=gen.device, dtype=dtype).normal_(0, std, generator=gen)
+
+
+def _kv(s: Shard, batch: int, context: int, dtype, inner: int, gen):
+    """Rotating (k, v) copies of ``batch`` sequences x ``context`` tokens (B, kvg, L, d)."""
+    nbytes = 2 * batch * context * s.kvg * s.d * dtype.itemsize
+    k = copies_for(nbytes, inner) if gen.device.type == "cuda" else 1
+    return [(_rand(gen, dtype, batch, s.kvg, context, s.d),
+             _rand(gen, dtype, batch, s.kvg, context, s.d)) for _ in range(k)]
+
+
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """q (B, kvg, group, d) over k, v (B, kvg, L, d): each KV head's query group as rows."""
+    return F.scaled_dot_product_attention(q, k, v)
+
+
+def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal attention of a fresh prompt: q (1, hq, c, d) over k, v (1, kvg, c, d)."""
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                          enable_gqa=k.shape[1] != q.shape[1])
+
+
+def _kv_save(s: Shard, tokens: int, dtype, gen):
+    """Closure writing ``tokens`` new K and V rows into a 64k-slot cache at scattered slots."""
+    slots = max(65536, tokens)
+    cache = torch.zeros(2, slots, s.kvg * s.d, device=gen.device, dtype=dtype)
+    new = _rand(gen, dtype, 2, tokens, s.kvg * s.d)
+    idx = torch.randperm(slots, device=gen.device, generator=gen)[:tokens]
+    return lambda: cache.index_copy_(1, idx, new)
+
+
+def profile_attention(model: ModelSpec, tps, prefill, batches, contexts, device, dtype,
+                      reps: int, inner: int, deadline: float) -> list[dict]:
+    rows = []
+    gen = torch.Generator(device=device).manual_seed(7)
+    for tp in tps:
+        s = Shard(model, tp)
+        base = {"n_embd": model.hidden, "n_q_head": model.heads, "n_kv_head": model.kv_heads,
+                "num_tensor_parallel_workers": tp}
+        for c in prefill:
+            if time.monotonic() > deadline:
+                return rows
+            q = _rand(gen, dtype, 1, s.hq, c, s.d)
+            k, v = _rand(gen, dtype, 1, s.kvg, c, s.d), _rand(gen, dtype, 1, s.kvg, c, s.d)
+            fn = functools.partial(prefill_attention, q, k, v)
+            st = {"attn_prefill": time_op([fn], device, reps, inner).stats(),
+                  "attn_kv_cache_save": time_op([_kv_save(s, c, dtype, gen)], device,
+                                                reps, inner).stats()}
+            rows.append(base | {"batch_size": 1, "prefill_chunk_size": c, "kv_cache_size": 0,
+                                "is_prefill": 1} | _row(st))
+        for b in batches:
+            for L in contexts:
+                if time.monotonic() > deadline:
+                    return rows
+                if 2 * b * L * s.kvg * s.d * dtype.itemsize > KV_CAP_BYTES:
+                    continue
+                q = _rand(gen, dtype, b, s.kvg, s.hq // s.kvg, s.d)
+                fns = [lambda q=q, k=k, v=v: decode_attention(q, k, v)
+                       for k, v in _kv(s, b, L, dtype, inner, gen)]
+                st = {"attn_decode": time_op(fns, device, reps, inner).stats(),
+                      "attn_kv_cache_save": time_op([_kv_save(s, b, dtype, gen)],
+                                                    device, reps, inner).stats()}
+                rows.append(base | {"batch_size": b, "prefill_chunk_size": 0, "kv_cache_size": L,
+                                    "is_prefill": 0} | _row(st))
+                del fns
+    return rows
+
+
+def layer_forward(s: Shard, prefill: int, seqs: int, context: int, dtype, gen):
+    """Closure running one decoder layer over a batch: ``prefill`` tokens of one prompt and
+    ``seqs`` decoding sequences at ``context`` tokens each."""
+    t, h, d, hq, kvg = prefill + seqs, s.h, s.d, s.hq, s.kvg
+
+    def r(*shape):
+        return _rand(gen, dtype, *shape, std=0.02)
+
+    w_qkv, w_o = r((hq + 2 * kvg) * d, h), r(h, hq * d)
+    w_up, w_down = r(2 * s.i, h), r(h, s.i)
+    n1, n2 = r(h), r(h)
+    x = r(t, h)
+    cos, sin = r(t, 1, d // 2), r(t, 1, d // 2)
+    kv_dec = (r(seqs, kvg, context, d), r(seqs, kvg, context, d)) if seqs else None
+    kv_save = _kv_save(s, t, dtype, gen)
+
+    def run() -> torch.Tensor:
+        qkv = F.linear(rms_norm(x, n1), w_qkv)
+        qk = KERNELS["rope"](qkv[:, : (hq + kvg) * d], cos, sin, hq + kvg, d)
+        kv_save()
+        outs = []
+        if prefill:
+            def heads(m: torch.Tensor, n: int) -> torch.Tensor:
+                return m[:prefill].reshape(prefill, n, d).transpose(0, 1).unsqueeze(0)
+            o = prefill_attention(heads(qk[:, : hq * d], hq), heads(qk[:, hq * d:], kvg),
+                                  heads(qkv[:, (hq + kvg) * d:], kvg))
+            outs.append(o.squeeze(0).transpose(0, 1).reshape(prefill, hq * d))
+        if seqs:
+            qd = qk[prefill:, : hq * d].reshape(seqs, kvg, hq // kvg, d)
+            outs.append(decode_attention(qd, *kv_dec).reshape(seqs, hq * d))
+        a = outs[0] if len(outs) == 1 else torch.cat(outs)
+        x2 = F.linear(a, w_o) + x
+        z = KERNELS["gated_silu"](F.linear(rms_norm(x2, n2), w_up))
+        return F.linear(z, w_down) + x2
+    return run
+
+
+def profile_layer(model: ModelSpec, tps, batches, device, dtype, reps: int, inner: int,
+                  deadline: float) -> list[dict]:
+    rows = []
+    gen = torch.Generator(device=device).manual_seed(11)
+    for tp in tps:
+        s = Shard(model, tp)
+        for p, seqs, ctx in batches:
+            if time.monotonic() > deadline:
+                return rows
+            fn = layer_forward(s, p, seqs, ctx, dtype, gen)
+            st = {"layer": time_op([fn], device, reps, inner).stats()}
+            rows.append({"model": model.name, "num_tensor_parallel_workers": tp,
+                         "prefill_tokens": p, "decode_seqs": seqs, "decode_context": ctx}
+                        | _row(st))
+            del fn
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    with path.open("w", newline="") as f:
+        fields = list(dict.fromkeys(k for row in rows for k in row))
+        w = csv.DictWriter(f, fieldnames=fields, restval="")
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _device_facts(device: torch.device, dtype) -> dict:
+    facts: dict = {"torch": torch.__version__, "device_type": device.type}
+    if device.type != "cuda":
+        return facts
+    p = torch.cuda.get_device_properties(device)
+    facts |= {"device_name": p.name, "cuda": torch.version.cuda,
+              "multiprocessors": p.multi_processor_count, "memory_bytes": p.total_memory}
+    n = 8192
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device,
+                                                                      dtype=dtype)
+    ms = time_op([lambda: a @ b], device, reps=5, inner=5).stats()["median"]
+    facts["matmul_bf16_flops_per_s"] = 2 * n ** 3 / (ms * 1e-3)
+    src = torch.empty(2**30, device=device, dtype=torch.uint8)
+    dst = torch.empty_like(src)
+    ms = time_op([lambda: dst.copy_(src)], device, reps=5, inner=5).stats()["median"]
+    facts["copy_bytes_per_s"] = 2 * src.numel() / (ms * 1e-3)  # bytes read + written
+    torch.cuda.empty_cache()
+    facts["flash_attention"] = _flash_support(device, dtype)
+    return facts
+
+
+def _flash_support(device: torch.device, dtype) -> dict[str, bool]:
+    """Whether flash attention itself runs the decode and the GQA prefill shapes (else
+    PyTorch picks a slower kernel for them)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    gen = torch.Generator(device=device).manual_seed(0)
+    cases = {"decode_group_rows": lambda: decode_attention(
+                 _rand(gen, dtype, 2, 8, 4, 128), _rand(gen, dtype, 2, 8, 256, 128),
+                 _rand(gen, dtype, 2, 8, 256, 128)),
+             "prefill_gqa": lambda: prefill_attention(
+                 _rand(gen, dtype, 1, 32, 256, 128), _rand(gen, dtype, 1, 8, 256, 128),
+                 _rand(gen, dtype, 1, 8, 256, 128))}
+    out = {}
+    for name, fn in cases.items():
+        try:
+            with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+                fn()
+            out[name] = True
+        except RuntimeError:
+            out[name] = False
+    return out
+
+
+def gpu_family(device: torch.device) -> str:
+    """``h100``, ``h200``, ``a100``, ... from the device's name; ``cpu`` on a CPU."""
+    if device.type != "cuda":
+        return "cpu"
+    name = torch.cuda.get_device_name(device).lower()
+    for known in ("h200", "h100", "a100", "l40s", "a10g", "l4"):
+        if known in name:
+            return known
+    return "".join(c if c.isalnum() else "-" for c in name).strip("-")
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(",") if v.strip())
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", action="append", required=True,
+                    help="built-in model name or a Hugging Face config.json (repeatable)")
+    ap.add_argument("--tp", default="1,2,4,8", help="tensor-parallel shards to profile")
+    ap.add_argument("--gpu-name", default="auto",
+                    help="GPU name in the file names (default: from the device, e.g. h200)")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--tokens", default=",".join(map(str, TOKENS)))
+    ap.add_argument("--prefill", default=",".join(map(str, PREFILL)))
+    ap.add_argument("--decode-batch", default=",".join(map(str, DECODE_BATCH)))
+    ap.add_argument("--decode-context", default=",".join(map(str, DECODE_CONTEXT)))
+    ap.add_argument("--layer-tp", default="1", help="shards of the whole-layer check")
+    ap.add_argument("--no-attention", action="store_true", help="skip the attention shapes")
+    ap.add_argument("--no-layer", action="store_true", help="skip the whole-layer check")
+    ap.add_argument("--fuse", action="store_true",
+                    help="torch.compile RoPE and the gated activation into fused kernels")
+    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--inner", type=int, default=10)
+    ap.add_argument("--budget-s", type=float, default=1e9,
+                    help="stop starting new measurements after this many seconds")
+    args = ap.parse_args(argv)
+    device, dtype = torch.device(args.device), torch.bfloat16
+    if args.gpu_name == "auto":
+        args.gpu_name = gpu_family(device)
+    if args.fuse:
+        fuse_elementwise()
+    start = time.monotonic()
+    deadline = start + args.budget_s
+    args.out.mkdir(parents=True, exist_ok=True)
+    tps = _ints(args.tp)
+    meta = {"command": " ".join([Path(sys.executable).name, "-m", "live.op_profile",
+                                 *(argv if argv is not None else sys.argv[1:])]),
+            "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "gpu_name": args.gpu_name, "dtype": "bfloat16", "reps": args.reps,
+            "inner": args.inner, "units": "milliseconds per call",
+            "elementwise": "rope and gated activation fused by torch.compile" if args.fuse
+                           else "rope and gated activation as eager PyTorch ops",
+            "timing": "CUDA graph of `inner` calls rotating weight copies > 256 MiB, "
+                      "CUDA events per replay" if device.type == "cuda"
+                      else "perf_counter over `inner` calls",
+            "device": _device_facts(device, dtype), "files": {}, "errors": [],
+            "complete": True}
+    for name in args.model:
+        model = get_model(name)
+        hf = HF_IDS.get(model.name, f"sagellm/{model.name}")
+        stem = f"{args.gpu_name}__{hf.replace('/', '__')}"
+        parts = [("mlp", lambda m=model: profile_mlp(m, tps, _ints(args.tokens), device, dtype,
+                                                     args.reps, args.inner, deadline))]
+        if not args.no_attention:
+            parts.append(("attention", lambda m=model: profile_attention(
+                m, tps, _ints(args.prefill), _ints(args.decode_batch),
+                _ints(args.decode_context), device, dtype, args.reps, args.inner, deadline)))
+        if not args.no_layer:
+            parts.append(("layer", lambda m=model: profile_layer(
+                m, _ints(args.layer_tp), LAYER_BATCHES, device, dtype, args.reps,
+                args.inner, deadline)))
+        for kind, run in parts:
+            t0 = time.monotonic()
+            try:
+                rows = run()
+            except Exception as exc:  # keep the other parts' rows; the error goes in meta
+                traceback.print_exc()
+                meta["errors"].append(f"{model.name} {kind}: {type(exc).__name__}: {exc}")
+                meta["complete"] = False
+                rows = []
+            if time.monotonic() > deadline:
+                meta["complete"] = False
+            if rows:
+                path = args.out / f"{kind}__{stem}.csv"
+                write_csv(path, rows)
+                meta["files"][path.name] = len(rows)
+            print(f"{model.name} {kind}: {len(rows)} rows in {time.monotonic() - t0:.1f} s",
+                  flush=True)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    meta["wall_s"] = round(time.monotonic() - start, 1)
+    (args.out / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+    print(json.dumps(meta["device"]), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
