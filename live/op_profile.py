@@ -27,9 +27,10 @@ reads both alike), times in milliseconds per call:
 
 Kernels are PyTorch's own (cuBLAS matmuls, ``F.rms_norm``, ``F.silu``, flash attention
 through ``F.scaled_dot_product_attention``); RoPE and the gated activation are eager
-element-wise ops, not vLLM's fused kernels. Decode attention treats a KV head's group of
-query heads as its query rows (``hq / kv_heads`` rows over the context), as flash-decoding
-kernels do. Weights are random bf16. Timing: :mod:`live.op_timer`.
+element-wise ops unless ``--fuse`` compiles each into one kernel, as vLLM's own are. A
+decode has one query row per sequence with GQA heads folded (``enable_gqa``), so flash
+attention splits the context over thread blocks (flash-decoding). Weights are random
+bf16. Timing: :mod:`live.op_timer`.
 """
 
 from __future__ import annotations
@@ -201,8 +202,10 @@ def _kv(s: Shard, batch: int, context: int, dtype, inner: int, gen):
 
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """q (B, kvg, group, d) over k, v (B, kvg, L, d): each KV head's query group as rows."""
-    return F.scaled_dot_product_attention(q, k, v)
+    """One new token per sequence: q (B, hq, 1, d) over k, v (B, kvg, L, d). With one query
+    row, flash attention splits the context over thread blocks and, for GQA, folds each KV
+    head's query group into rows (flash-decoding, as vLLM's decode kernels do)."""
+    return F.scaled_dot_product_attention(q, k, v, enable_gqa=k.shape[1] != q.shape[1])
 
 
 def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -245,7 +248,7 @@ def profile_attention(model: ModelSpec, tps, prefill, batches, contexts, device,
                     return rows
                 if 2 * b * L * s.kvg * s.d * dtype.itemsize > KV_CAP_BYTES:
                     continue
-                q = _rand(gen, dtype, b, s.kvg, s.hq // s.kvg, s.d)
+                q = _rand(gen, dtype, b, s.hq, 1, s.d)
                 fns = [lambda q=q, k=k, v=v: decode_attention(q, k, v)
                        for k, v in _kv(s, b, L, dtype, inner, gen)]
                 st = {"attn_decode": time_op(fns, device, reps, inner).stats(),
@@ -285,7 +288,7 @@ def layer_forward(s: Shard, prefill: int, seqs: int, context: int, dtype, gen):
                                   heads(qkv[:, (hq + kvg) * d:], kvg))
             outs.append(o.squeeze(0).transpose(0, 1).reshape(prefill, hq * d))
         if seqs:
-            qd = qk[prefill:, : hq * d].reshape(seqs, kvg, hq // kvg, d)
+            qd = qk[prefill:, : hq * d].reshape(seqs, hq, 1, d)
             outs.append(decode_attention(qd, *kv_dec).reshape(seqs, hq * d))
         a = outs[0] if len(outs) == 1 else torch.cat(outs)
         x2 = F.linear(a, w_o) + x
@@ -346,8 +349,8 @@ def _flash_support(device: torch.device, dtype) -> dict[str, bool]:
     PyTorch picks a slower kernel for them)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
     gen = torch.Generator(device=device).manual_seed(0)
-    cases = {"decode_group_rows": lambda: decode_attention(
-                 _rand(gen, dtype, 2, 8, 4, 128), _rand(gen, dtype, 2, 8, 256, 128),
+    cases = {"decode_gqa": lambda: decode_attention(
+                 _rand(gen, dtype, 2, 32, 1, 128), _rand(gen, dtype, 2, 8, 256, 128),
                  _rand(gen, dtype, 2, 8, 256, 128)),
              "prefill_gqa": lambda: prefill_attention(
                  _rand(gen, dtype, 1, 32, 256, 128), _rand(gen, dtype, 1, 8, 256, 128),
@@ -392,8 +395,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--decode-batch", default=",".join(map(str, DECODE_BATCH)))
     ap.add_argument("--decode-context", default=",".join(map(str, DECODE_CONTEXT)))
     ap.add_argument("--layer-tp", default="1", help="shards of the whole-layer check")
-    ap.add_argument("--no-attention", action="store_true", help="skip the attention shapes")
-    ap.add_argument("--no-layer", action="store_true", help="skip the whole-layer check")
+    ap.add_argument("--parts", default="mlp,attention,layer",
+                    help="what to measure: any of mlp, attention, layer")
     ap.add_argument("--fuse", action="store_true",
                     help="torch.compile RoPE and the gated activation into fused kernels")
     ap.add_argument("--reps", type=int, default=10)
@@ -410,6 +413,11 @@ def main(argv: list[str] | None = None) -> int:
     deadline = start + args.budget_s
     args.out.mkdir(parents=True, exist_ok=True)
     tps = _ints(args.tp)
+    wanted = [p.strip() for p in args.parts.split(",") if p.strip()]
+    bad = [p for p in wanted if p not in ("mlp", "attention", "layer")]
+    if bad or not wanted:
+        ap.error(f"--parts {args.parts!r}: expected a comma-separated subset of "
+                 "mlp, attention, layer")
     meta = {"command": " ".join([Path(sys.executable).name, "-m", "live.op_profile",
                                  *(argv if argv is not None else sys.argv[1:])]),
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -426,16 +434,15 @@ def main(argv: list[str] | None = None) -> int:
         model = get_model(name)
         hf = HF_IDS.get(model.name, f"sagellm/{model.name}")
         stem = f"{args.gpu_name}__{hf.replace('/', '__')}"
-        parts = [("mlp", lambda m=model: profile_mlp(m, tps, _ints(args.tokens), device, dtype,
-                                                     args.reps, args.inner, deadline))]
-        if not args.no_attention:
-            parts.append(("attention", lambda m=model: profile_attention(
-                m, tps, _ints(args.prefill), _ints(args.decode_batch),
-                _ints(args.decode_context), device, dtype, args.reps, args.inner, deadline)))
-        if not args.no_layer:
-            parts.append(("layer", lambda m=model: profile_layer(
-                m, _ints(args.layer_tp), LAYER_BATCHES, device, dtype, args.reps,
-                args.inner, deadline)))
+        runs = {"mlp": lambda m=model: profile_mlp(m, tps, _ints(args.tokens), device, dtype,
+                                                   args.reps, args.inner, deadline),
+                "attention": lambda m=model: profile_attention(
+                    m, tps, _ints(args.prefill), _ints(args.decode_batch),
+                    _ints(args.decode_context), device, dtype, args.reps, args.inner, deadline),
+                "layer": lambda m=model: profile_layer(m, _ints(args.layer_tp), LAYER_BATCHES,
+                                                       device, dtype, args.reps, args.inner,
+                                                       deadline)}
+        parts = [(k, runs[k]) for k in wanted]
         for kind, run in parts:
             t0 = time.monotonic()
             try:
