@@ -49,6 +49,14 @@ from control_plane.perf.ops import (
     gemm_shapes,
     layer_op_times,
 )
+from sagellm.perf_fit_measured import (
+    MEASURED_PROFILES,
+    attention_errors,
+    fit_attention,
+    layer_errors,
+    load_kind,
+    measured_families,
+)
 
 __all__ = ["evaluate", "fit", "load_mlp", "load_net", "main"]
 
@@ -58,6 +66,9 @@ SOURCE = ("Vidur operator profiles, microsoft/vidur commit "
 TRAIN_MODELS = ("Llama-2-7b-hf", "Llama-2-70b-hf")
 PER_ITERATION_OVERHEAD_S = 0.001  # not in the operator profiles: assumption until calibrated
 ATTENTION_CAUSAL_FACTOR = 0.5
+MEASURED_SOURCE = ("H200 operator, attention and layer profiles measured with live/op_profile.py "
+                   "on 2026-11-27 (control_plane/perf/data/gpu_profiles/h200, see its README)")
+NETWORK_FROM = {"h200": "h100"}  # same NVLink 4 / NVSwitch; a single GPU measures no collective
 DEFAULT_PROFILES = Path(__file__).resolve().parents[2] / "shared" / "profiles"
 
 
@@ -74,10 +85,16 @@ def _minimise(f, x0):
     return np.exp(x)
 
 
-def load_mlp(profiles: Path) -> list[tuple[str, str, ModelSpec, pd.DataFrame]]:
-    """(gpu, model name, per-layer ModelSpec, rows) for each ``mlp__*.csv.gz``."""
+def load_mlp(profiles: Path, measured: Path | None = MEASURED_PROFILES
+             ) -> list[tuple[str, str, ModelSpec, pd.DataFrame]]:
+    """(gpu, model name, per-layer ModelSpec, rows) for each ``mlp__*.csv.gz`` of Vidur's
+    profiles (``profiles/vidur``) and of the project's measured ones (``measured``)."""
+    files = sorted((profiles / "vidur").glob("mlp__*.csv.gz"))
+    if measured is not None:
+        for fam in measured_families(measured):
+            files += sorted((measured / fam).glob("mlp__*.csv.gz"))
     out = []
-    for f in sorted((profiles / "vidur").glob("mlp__*.csv.gz")):
+    for f in files:
         _, gpu, _org, name = f.name[: -len(".csv.gz")].split("__")
         d = pd.read_csv(f)
         r = d.iloc[0]
@@ -119,46 +136,56 @@ def _link_bw(fam: str, kind: str) -> float:
     return {"nvlink": gpu.nvlink_bytes_per_s, "pcie": gpu.pcie_bytes_per_s}.get(kind, 0.0)
 
 
-def fit(profiles: Path) -> dict:
-    """Fit every family found in ``profiles``; returns the coefficients JSON dict."""
-    mlp, net = load_mlp(profiles), load_net(profiles)
-    families: dict[str, dict] = {}
-    for fam in sorted({gpu for gpu, *_ in mlp}):
-        gpu = get_gpu(fam)
-        train = [(spec, d) for g, name, spec, d in mlp if g == fam and name in TRAIN_MODELS]
-        # Matmuls: one array of (tokens, k, n, measured) over all rows and ops.
-        T, K, N, Y = [], [], [], []
+def _fit_compute(gpu, train) -> dict:
+    """``gemm`` and ``elementwise`` coefficients of one GPU from its train models' rows."""
+    T, K, N, Y = [], [], [], []
+    for spec, d in train:
+        for tp, g in d.groupby("num_tensor_parallel_workers"):
+            for op, (k, n) in gemm_shapes(spec, int(tp)).items():
+                T.append(g.num_tokens.to_numpy(float))
+                K.append(np.full(len(g), k))
+                N.append(np.full(len(g), n))
+                Y.append(g[f"time_stats.{op}.median"].to_numpy() * 1e-3)
+    T, K, N, Y = (np.concatenate(a) for a in (T, K, N, Y))
+
+    def gemm_loss(x, T=T, K=K, N=N, Y=Y, gpu=gpu):
+        c = GemmCoeffs(*np.exp(x))
+        return float(np.mean(np.log(gemm_s(T, K, N, gpu, c) / Y) ** 2))
+
+    ec, em, launch, p = _minimise(gemm_loss, [0.7, 0.8, 1e-5, 2.0])
+    out = {"gemm": {"eff_compute": _r(ec), "eff_mem": _r(em), "launch_s": _r(launch),
+                    "smooth_p": _r(p)}, "elementwise": {}}
+    for op in (*ELEMENTWISE_OPS, "emb"):
+        B, Y = [], []
         for spec, d in train:
             for tp, g in d.groupby("num_tensor_parallel_workers"):
-                for op, (k, n) in gemm_shapes(spec, int(tp)).items():
-                    T.append(g.num_tokens.to_numpy(float))
-                    K.append(np.full(len(g), k))
-                    N.append(np.full(len(g), n))
-                    Y.append(g[f"time_stats.{op}.median"].to_numpy() * 1e-3)
-        T, K, N, Y = (np.concatenate(a) for a in (T, K, N, Y))
+                B.append(g.num_tokens.to_numpy(float)
+                         * elementwise_bytes_per_token(spec, int(tp))[op])
+                Y.append(g[f"time_stats.{op}.median"].to_numpy() * 1e-3)
+        B, Y = np.concatenate(B), np.concatenate(Y)
 
-        def gemm_loss(x, T=T, K=K, N=N, Y=Y, gpu=gpu):
-            c = GemmCoeffs(*np.exp(x))
-            return float(np.mean(np.log(gemm_s(T, K, N, gpu, c) / Y) ** 2))
+        def ew_loss(x, B=B, Y=Y, gpu=gpu):
+            return float(np.mean(np.log(elementwise_s(B, gpu, EwC(*np.exp(x))) / Y) ** 2))
 
-        ec, em, launch, p = _minimise(gemm_loss, [0.7, 0.8, 1e-5, 2.0])
-        fam_out = {"gemm": {"eff_compute": _r(ec), "eff_mem": _r(em), "launch_s": _r(launch),
-                            "smooth_p": _r(p)}, "elementwise": {}}
-        for op in (*ELEMENTWISE_OPS, "emb"):
-            B, Y = [], []
-            for spec, d in train:
-                for tp, g in d.groupby("num_tensor_parallel_workers"):
-                    B.append(g.num_tokens.to_numpy(float)
-                             * elementwise_bytes_per_token(spec, int(tp))[op])
-                    Y.append(g[f"time_stats.{op}.median"].to_numpy() * 1e-3)
-            B, Y = np.concatenate(B), np.concatenate(Y)
+        la, ef = _minimise(ew_loss, [3e-6, 0.5])
+        out["elementwise"][op] = {"launch_s": _r(la), "eff_mem": _r(ef)}
+    return out
 
-            def ew_loss(x, B=B, Y=Y, gpu=gpu):
-                return float(np.mean(np.log(elementwise_s(B, gpu, EwC(*np.exp(x))) / Y) ** 2))
 
-            la, ef = _minimise(ew_loss, [3e-6, 0.5])
-            fam_out["elementwise"][op] = {"launch_s": _r(la), "eff_mem": _r(ef)}
-        families[fam] = fam_out | {"all_reduce": {}, "send_recv": {}}
+def fit(profiles: Path, measured: Path | None = MEASURED_PROFILES) -> dict:
+    """Fit every family found in ``profiles`` (Vidur's) and ``measured`` (the project's);
+    returns the coefficients JSON dict."""
+    mlp, net = load_mlp(profiles, measured), load_net(profiles)
+    families: dict[str, dict] = {}
+    for fam in sorted({gpu for gpu, *_ in mlp}):
+        train = [(spec, d) for g, name, spec, d in mlp if g == fam and name in TRAIN_MODELS]
+        families[fam] = _fit_compute(get_gpu(fam), train) | {"all_reduce": {}, "send_recv": {}}
+    attention = load_kind(measured, "attention") if measured is not None else []
+    for fam in sorted({g for g, *_ in attention}):
+        frames = [d for g, name, d in attention if g == fam and name in TRAIN_MODELS]
+        fitted = fit_attention(frames, fam, ATTENTION_CAUSAL_FACTOR, _minimise)
+        families[fam]["attention"] = fitted["attention"]
+        families[fam]["elementwise"]["attn_kv_cache_save"] = fitted["attn_kv_cache_save"]
 
     for fam, kind, coll, n, g in _net_groups(net):
         if fam not in families:
@@ -179,11 +206,17 @@ def fit(profiles: Path) -> dict:
         else:
             families[fam]["send_recv"][kind] = entry
     for f in families.values():  # PCIe send_recv: no profile (see module docstring)
-        pcie = f["all_reduce"]["pcie"]["4"]
-        f["send_recv"]["pcie"] = {"alpha_s": f["send_recv"]["nvlink"]["alpha_s"],
-                                  "eff": pcie["eff"]}
+        if f["send_recv"]:
+            pcie = f["all_reduce"]["pcie"]["4"]
+            f["send_recv"]["pcie"] = {"alpha_s": f["send_recv"]["nvlink"]["alpha_s"],
+                                      "eff": pcie["eff"]}
+    for fam, donor in NETWORK_FROM.items():  # profiled alone: no collectives measured
+        if fam in families and not families[fam]["all_reduce"]:
+            families[fam] |= {"all_reduce": families[donor]["all_reduce"],
+                              "send_recv": families[donor]["send_recv"], "network_from": donor}
     out = {
-        "source": SOURCE,
+        "source": SOURCE + ("; " + MEASURED_SOURCE if measured is not None
+                            and measured_families(measured) else ""),
         "fit_date": dt.date.today().isoformat(),
         "fitted_by": "python -m sagellm.perf_fit (sagellm/perf_fit.py)",
         "train_models": list(TRAIN_MODELS),
@@ -191,10 +224,11 @@ def fit(profiles: Path) -> dict:
         "per_iteration_overhead_note": "assumed, not fitted: CPU-side step cost is not in "
                                        "the operator profiles",
         "attention_causal_factor": ATTENTION_CAUSAL_FACTOR,
-        "attention_note": "no attention profile: roofline with the matmul efficiencies",
+        "attention_note": "families without an attention profile (a100, h100): roofline "
+                          "with the matmul efficiencies",
         "families": families,
     }
-    out["errors"] = evaluate(Coefficients.from_dict(out), mlp, net)
+    out["errors"] = evaluate(Coefficients.from_dict(out), mlp, net, measured)
     return out
 
 
@@ -208,45 +242,65 @@ def _stats(rel: np.ndarray) -> dict:
             "max": _r(a.max()), "bias": _r(np.median(rel))}
 
 
-def evaluate(coeffs: Coefficients, mlp, net: pd.DataFrame) -> list[dict]:
+def _mlp_errors(coeffs: Coefficients, mlp, fam: str, coeff_family: str) -> list[dict]:
+    fc = coeffs.families[coeff_family]
+    rows = []
+    for split in ("train", "held_out"):
+        rel: dict[str, list] = {"gemm": [], "elementwise": [], "layer_sum": []}
+        models = []
+        for g, name, spec, d in mlp:
+            if g != fam or (name in TRAIN_MODELS) != (split == "train"):
+                continue
+            models.append(name)
+            for tp, grp in d.groupby("num_tensor_parallel_workers"):
+                pred = layer_op_times(spec, int(tp), grp.num_tokens.to_numpy(float),
+                                      get_gpu(fam), fc)
+                meas = {op: grp[f"time_stats.{op}.median"].to_numpy() * 1e-3
+                        for op in LAYER_OPS}
+                for op in LAYER_OPS:
+                    key = "gemm" if op in GEMM_OPS else "elementwise"
+                    rel[key].append(pred[op] / meas[op] - 1)
+                rel["layer_sum"].append(sum(pred[op] for op in LAYER_OPS)
+                                        / sum(meas.values()) - 1)
+        if models:
+            for group, parts in rel.items():
+                rows.append({"gpu": fam, "coeffs": coeff_family, "group": group,
+                             "split": split, "models": models} | _stats(np.concatenate(parts)))
+    return rows
+
+
+def evaluate(coeffs: Coefficients, mlp, net: pd.DataFrame,
+             measured: Path | None = MEASURED_PROFILES) -> list[dict]:
     """Relative errors (predicted / measured - 1) of ``coeffs`` on every profile row:
     per GPU, op group (``gemm``: each matmul; ``elementwise``; ``layer_sum``: the sum of a
-    layer's 9 non-attention ops) and split; per collective and link for the network.
-    Each row: ``n`` rows compared, ``median``/``p90``/``max`` of |rel|, ``bias`` = median
-    of the signed rel (> 0: the predictor is slow)."""
+    layer's 9 non-attention ops) and split; per collective and link for the network; and,
+    for the measured profiles, per attention kernel (``attn_prefill``, ``attn_decode``,
+    ``attn_kv_cache_save``) and whole layer (``layer``). Each row: ``n`` rows compared,
+    ``median``/``p90``/``max`` of |rel|, ``bias`` = median of the signed rel (> 0: the
+    predictor is slow), ``coeffs``: the family whose coefficients priced the GPU. A GPU
+    profiled with another family's coefficients available (``NETWORK_FROM``: h200 and
+    h100) is also priced with those, as the predictor did before it was profiled."""
     rows = []
     for fam in sorted({g for g, *_ in mlp}):
-        fc = coeffs.for_gpu(get_gpu(fam))
-        for split in ("train", "held_out"):
-            rel: dict[str, list] = {"gemm": [], "elementwise": [], "layer_sum": []}
-            models = []
-            for g, name, spec, d in mlp:
-                if g != fam or (name in TRAIN_MODELS) != (split == "train"):
-                    continue
-                models.append(name)
-                for tp, grp in d.groupby("num_tensor_parallel_workers"):
-                    pred = layer_op_times(spec, int(tp), grp.num_tokens.to_numpy(float),
-                                          get_gpu(fam), fc)
-                    meas = {op: grp[f"time_stats.{op}.median"].to_numpy() * 1e-3
-                            for op in LAYER_OPS}
-                    for op in LAYER_OPS:
-                        key = "gemm" if op in GEMM_OPS else "elementwise"
-                        rel[key].append(pred[op] / meas[op] - 1)
-                    rel["layer_sum"].append(sum(pred[op] for op in LAYER_OPS)
-                                            / sum(meas.values()) - 1)
-            if not models:
-                continue
-            for group, parts in rel.items():
-                rows.append({"gpu": fam, "group": group, "split": split, "models": models}
-                            | _stats(np.concatenate(parts)))
+        rows += _mlp_errors(coeffs, mlp, fam, get_gpu(fam).family or fam)
     for fam, kind, coll, n, g in _net_groups(net):
         if fam not in coeffs.families:
             continue
         fc = coeffs.families[fam]
         lc = fc.all_reduce[kind][n] if coll == "all_reduce" else fc.send_recv[kind]
         pred = comm_s(g["size"].to_numpy(), n, lc, _link_bw(fam, kind), coll)
-        rows.append({"gpu": fam, "group": f"{coll}_{kind}_n{n}", "split": "in_sample",
-                     "models": []} | _stats(pred / g.t.to_numpy() - 1))
+        rows.append({"gpu": fam, "coeffs": fam, "group": f"{coll}_{kind}_n{n}",
+                     "split": "in_sample", "models": []} | _stats(pred / g.t.to_numpy() - 1))
+    if measured is None:
+        return rows
+    rows += attention_errors(coeffs, load_kind(measured, "attention"), TRAIN_MODELS, _stats)
+    layers = load_kind(measured, "layer")
+    rows += layer_errors(coeffs, layers, TRAIN_MODELS, _stats)
+    for fam, donor in NETWORK_FROM.items():
+        if fam in coeffs.families and donor in coeffs.families:
+            rows += _mlp_errors(coeffs, mlp, fam, donor)
+            rows += layer_errors(coeffs, [x for x in layers if x[0] == fam], TRAIN_MODELS,
+                                 _stats, coeff_family=donor)
     return rows
 
 
@@ -259,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     out = fit(args.profiles)
     args.out.write_text(json.dumps(out, indent=1) + "\n")
     for e in out["errors"]:
-        print(f"{e['gpu']:5s} {e['group']:24s} {e['split']:9s} n={e['n']:5d} "
+        print(f"{e['gpu']:5s} {e['coeffs']:5s} {e['group']:24s} {e['split']:9s} n={e['n']:5d} "
               f"median={e['median']:.3f} p90={e['p90']:.3f} max={e['max']:.3f}")
     print(f"wrote {args.out}")
     return 0

@@ -17,6 +17,13 @@ Per family:
   ``eff`` (bus bandwidth as a fraction of the GPU's per-direction link bandwidth).
 - ``send_recv``: ``nvlink`` (``alpha_s``, ``eff``) within a node; ``inter_node``
   (``alpha_s``, ``bytes_per_s``) between nodes.
+- ``attention`` (only families with an attention profile; the others price attention with
+  the matmul coefficients): ``prefill`` (``launch_s``, ``eff_compute``, ``per_token_s``:
+  ``launch_s + flops / (P * eff_compute) + per_token_s * tokens``) and ``decode``
+  (``launch_s``, ``eff_mem``: ``launch_s + kv_bytes / (W * eff_mem)``). The KV-cache write
+  is then the element-wise op ``attn_kv_cache_save``.
+- ``network_from`` (optional): the family whose collectives were copied, for a GPU
+  profiled alone (one GPU has no all-reduce to measure).
 
 Top level: ``per_iteration_overhead_s`` (CPU-side scheduling, input preparation, sampling;
 NOT in the operator profiles, an assumption until calibrated), ``attention_causal_factor``.
@@ -32,8 +39,8 @@ from pathlib import Path
 from control_plane.errors import ConfigError
 from control_plane.perf.hardware import GPUSpec
 
-__all__ = ["BUILTIN_COEFFICIENTS", "Coefficients", "ElementwiseCoeffs", "FamilyCoeffs",
-           "GemmCoeffs", "LinkCoeffs", "load_coefficients"]
+__all__ = ["BUILTIN_COEFFICIENTS", "AttentionCoeffs", "Coefficients", "ElementwiseCoeffs",
+           "FamilyCoeffs", "GemmCoeffs", "LinkCoeffs", "load_coefficients"]
 
 BUILTIN_COEFFICIENTS = Path(__file__).resolve().parent / "data" / "fitted_coefficients.json"
 
@@ -63,12 +70,32 @@ class LinkCoeffs:
 
 
 @dataclass(frozen=True, slots=True)
+class AttentionCoeffs:
+    """Fitted flash-attention kernels: prefill ``prefill_launch_s + flops / (P *
+    prefill_eff_compute) + prefill_per_token_s * tokens``; decode ``decode_launch_s +
+    kv_bytes / (W * decode_eff_mem)``."""
+
+    prefill_launch_s: float
+    prefill_eff_compute: float
+    prefill_per_token_s: float
+    decode_launch_s: float
+    decode_eff_mem: float
+
+    @classmethod
+    def from_dict(cls, d: dict) -> AttentionCoeffs:
+        p, dec = d["prefill"], d["decode"]
+        return cls(float(p["launch_s"]), float(p["eff_compute"]), float(p["per_token_s"]),
+                   float(dec["launch_s"]), float(dec["eff_mem"]))
+
+
+@dataclass(frozen=True, slots=True)
 class FamilyCoeffs:
     family: str
     gemm: GemmCoeffs
     elementwise: dict[str, ElementwiseCoeffs]
     all_reduce: dict[str, dict[int, LinkCoeffs]]
     send_recv: dict[str, LinkCoeffs]
+    attention: AttentionCoeffs | None = None
 
     def all_reduce_link(self, kind: str, n: int) -> LinkCoeffs:
         """Coefficients for an ``n``-GPU all-reduce over ``kind``: the fitted GPU count
@@ -107,6 +134,8 @@ class Coefficients:
                     all_reduce={kind: {int(n): LinkCoeffs(**c) for n, c in tab.items()}
                                 for kind, tab in f["all_reduce"].items()},
                     send_recv={kind: LinkCoeffs(**c) for kind, c in f["send_recv"].items()},
+                    attention=(AttentionCoeffs.from_dict(f["attention"])
+                               if "attention" in f else None),
                 )
             return cls(families=fams,
                        per_iteration_overhead_s=float(d["per_iteration_overhead_s"]),

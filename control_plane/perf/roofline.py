@@ -11,11 +11,14 @@ with the operator formulas of :mod:`control_plane.perf.ops` and the coefficients
 
 - Matmul weights are read once per iteration (sharded ``tp`` ways), so small batches are
   memory bound (decode at batch 1 ~ weight bytes / bandwidth) and large ones compute bound.
-- Attention (no operator profile exists; roofline with the matmul efficiencies): prefill
-  does ``4 * hq * d * causal_factor * prefill_attention`` FLOPs (causal_factor 0.5: exact
-  for a fresh prompt, low for late chunks of a long one); decode reads
-  ``2 * kvg * d * b`` bytes and does ``4 * hq * d`` FLOPs per context token, a cost exactly
-  linear in ``decode_context``; writing new K/V costs ``4 * kvg * d * b`` bytes per token.
+- Attention: prefill does ``4 * hq * d * causal_factor * prefill_attention`` FLOPs
+  (causal_factor 0.5: exact for a fresh prompt, low for late chunks of a long one);
+  decode reads ``2 * kvg * d * b`` bytes and does ``4 * hq * d`` FLOPs per context token,
+  a cost exactly linear in ``decode_context``; writing new K/V moves ``4 * kvg * d * b``
+  bytes per token. A family with a measured attention profile (``h200``) prices these
+  with its fitted flash-attention coefficients (prefill ``launch + flops / (P * eff) +
+  per_token * tokens``, decode ``launch + kv_bytes / (W * eff)``, KV write as an
+  element-wise op); the others with the matmul roofline and its efficiencies.
 - MoE: tokens are routed uniformly to ``experts_per_token`` of ``n_experts``; the expected
   number of distinct local experts hit, ``n_local * (1 - (1 - k/n)**tokens)``, sets the
   expert weight bytes read. With ``ep > 1`` each GPU holds ``n/ep`` experts, gets
@@ -121,13 +124,22 @@ class RooflinePredictor:
                 alpha, per_byte = comm_terms(lc, 2, link_bw, "send_recv")
                 self._pp_const += count * alpha
                 self._pp_slope += count * per_byte * 2 * msg
-        # Attention.
-        gc = fc.gemm
-        self._attn_launch = gc.launch_s
-        self._dec_per_ctx = roof_s(4.0 * self._hq * d, 2.0 * self._kvg * d * b, g, gc)
-        self._kv_write = 4.0 * self._kvg * d * b / (w * gc.eff_mem)
+        # Attention: the family's fitted flash-attention kernels, else the matmul roofline.
+        gc, at = fc.gemm, fc.attention
         self._pf_flops_per_pair = 4.0 * self._hq * d * self.coeffs.attention_causal_factor
         self._pf_bytes_per_tok = b * (2 * self._hq * d + 2 * self._kvg * d)
+        kv_bytes = 2.0 * self._kvg * d * b  # K and V of one token, one layer
+        if at is not None:
+            self._pf_launch, self._dec_launch = at.prefill_launch_s, at.decode_launch_s
+            self._dec_per_ctx = kv_bytes / (w * at.decode_eff_mem)
+        else:
+            self._pf_launch = self._dec_launch = gc.launch_s
+            self._dec_per_ctx = roof_s(4.0 * self._hq * d, kv_bytes, g, gc)
+        save = fc.elementwise.get("attn_kv_cache_save")
+        if at is not None and save is not None:
+            self._kv_launch, self._kv_write = save.launch_s, 2 * kv_bytes / (w * save.eff_mem)
+        else:
+            self._kv_launch, self._kv_write = 0.0, 2 * kv_bytes / (w * gc.eff_mem)
         self._overhead = self.coeffs.per_iteration_overhead_s
         self._ctx_s = self.model.layers * self._dec_per_ctx  # per token of decode context
         self._decode_memo: dict[int, float] = {}
@@ -157,13 +169,7 @@ class RooflinePredictor:
         if tokens <= 0:
             return {}
         layers, g, gc = self.model.layers, self.gpu, self.fc.gemm
-        attn = 0.0
-        if p:
-            attn += self._attn_launch + roof_s(self._pf_flops_per_pair * batch.prefill_attention,
-                                               self._pf_bytes_per_tok * p, g, gc)
-        if s:
-            attn += self._attn_launch + self._dec_per_ctx * batch.decode_context
-        attn += self._kv_write * tokens
+        attn = sum(self.attention_parts(batch).values())
         lm_tokens = s + (1 if p else 0)
         return {
             "overhead": self._overhead,
@@ -176,6 +182,32 @@ class RooflinePredictor:
                               g, gc, self.model.dtype_bytes),
             "pp_comm": self._pp_const + self._pp_slope * tokens,
         }
+
+    def attention_parts(self, batch: Batch) -> dict[str, float]:
+        """Seconds of one layer's attention kernels: ``prefill``, ``decode`` and
+        ``kv_cache_save`` (writing the batch's new K and V), as the attention profiles
+        time them."""
+        p, s = batch.prefill_tokens, batch.decode_seqs
+        out = {"prefill": 0.0, "decode": 0.0,
+               "kv_cache_save": self._kv_launch + self._kv_write * (p + s) if p + s else 0.0}
+        if p:
+            flops = self._pf_flops_per_pair * batch.prefill_attention
+            at = self.fc.attention
+            if at is not None:
+                t = (flops / (self.gpu.bf16_flops * at.prefill_eff_compute)
+                     + at.prefill_per_token_s * p)
+            else:
+                t = roof_s(flops, self._pf_bytes_per_tok * p, self.gpu, self.fc.gemm)
+            out["prefill"] = self._pf_launch + t
+        if s:
+            out["decode"] = self._dec_launch + self._dec_per_ctx * batch.decode_context
+        return out
+
+    def layer_s(self, batch: Batch) -> float:
+        """One decoder layer on one GPU: matmuls, element-wise ops and attention (no
+        communication); what the profiled whole-layer times are compared with."""
+        b = self.breakdown(batch)
+        return (b["layers_linear"] + b["attention"]) / self.model.layers if b else 0.0
 
     def iteration_s(self, batch: Batch) -> float:
         if batch.prefill_tokens == 0 and batch.decode_seqs > 0:

@@ -56,7 +56,9 @@ def test_decode_at_batch_one_is_memory_bound():
         t = p.iteration_s(decode(1))
         weights_s = weights_bytes_per_gpu(p.model, p.parallel) / GPUS[gpu].hbm_bytes_per_s
         flops_s = p.model.flops_per_token(1000) / GPUS[gpu].bf16_flops
-        assert weights_s < t < 1.8 * weights_s, gpu  # + 1 ms step overhead, kernel floors
+        # the step overhead (1 ms) plus kernels reading weights at 60-90 % of peak bandwidth
+        # (the H200's measured layer at batch 1 streams them at about 70 %)
+        assert weights_s < t < 1.6 * weights_s + p.coeffs.per_iteration_overhead_s, gpu
         assert flops_s < 0.01 * t
         # memory bound: 8 sequences cost hardly more than 1
         assert p.iteration_s(decode(8)) < 1.1 * t
