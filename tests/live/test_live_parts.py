@@ -249,3 +249,19 @@ def test_slo_window_and_histogram():
     assert got[("x_seconds_bucket", "+Inf", "1")] == 3
     assert got[("x_seconds_sum", None, "1")] == pytest.approx(5.55)
     assert got[("x_seconds_count", None, "0")] == 0
+
+
+def test_live_package_imports_its_modules_only_on_use():
+    """``python -m live.op_profile`` must run on a GPU machine with torch and no HTTP stack:
+    importing the package imports none of its modules; its names still resolve."""
+    import subprocess
+    import sys
+    code = ("import sys, live; print(sorted(m for m in sys.modules if m.startswith('live')));"
+            "print(live.Gateway.__module__, live.EngineClient.__module__)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    first, second = r.stdout.splitlines()
+    assert first == "['live']"
+    assert second == "live.gateway live.client"
+    import live
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        live.nope  # noqa: B018

@@ -126,8 +126,12 @@ def test_unreachable_engine_is_named(tmp_path):
 
 
 @pytest.mark.parametrize(("args", "named"), [
-    ([], "exactly one of --engine URL and --launch"),
-    (["--engine", "http://x:1", "--launch"], "exactly one of --engine URL and --launch"),
+    ([], "exactly one of --engine URL, --launch and --ops"),
+    (["--engine", "http://x:1", "--launch"], "exactly one of --engine URL, --launch and --ops"),
+    (["--ops", "--launch"], "exactly one of --engine URL, --launch and --ops"),
+    (["--ops"], "--ops needs --model"),
+    (["--ops", "--model", "no-such-model"], "unknown model 'no-such-model'"),
+    (["--ops", "--model", "llama-3-8b", "--python", "/no/python"], "--python"),
     (["--engine", "ftp://x:1"], "--engine"),
     (["--launch", "--repeats", "0"], "--repeats"),
     (["--launch", "--window-steps", "0"], "--window-steps"),
@@ -148,6 +152,12 @@ def test_unreachable_engine_is_named(tmp_path):
     (["--launch", "--neighbour-repeats", "0"], "--neighbour-repeats"),
 ])
 def test_bad_options_are_named(tmp_path, args, named):
+    """Each bad option is refused before anything starts, with its name in the message."""
     r = CliRunner().invoke(main, ["calibrate", "--out", str(tmp_path / "p.csv"), *args])
     assert r.exit_code == 2, r.output
     assert named in r.output
+
+
+def test_out_must_be_a_file_without_ops(tmp_path):
+    r = CliRunner().invoke(main, ["calibrate", "--launch", "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "is a folder" in r.output, r.output

