@@ -122,7 +122,7 @@ def test_impossible_slo_says_the_best_achievable():
         run(slo=SLOTarget(ttft_s=2.0, tpot_s=0.005))
     msg = str(info.value)
     assert "no configuration of 8 x h100 meets TTFT p99 <= 2.00 s, TPOT p99 <= 5 ms" in msg
-    assert "best achievable TPOT is 14 ms (tp8-pp1-dp1" in msg
+    assert "best achievable TPOT is 15 ms (tp8-pp1-dp1" in msg
     assert len(info.value.estimates) == 11
 
 

@@ -25,7 +25,7 @@ RAW = json.loads(BUILTIN_COEFFICIENTS.read_text())
 # (median, p90) ceilings of |predicted / measured - 1| per op group
 THRESHOLDS = {"layer_sum": (0.10, 0.25), "gemm": (0.15, 0.30), "elementwise": (0.20, 0.35),
               "attn_prefill": (0.10, 0.20), "attn_decode": (0.10, 0.30),
-              "attn_kv_cache_save": (0.10, 0.20), "layer": (0.08, 0.15)}
+              "attn_kv_cache_save": (0.10, 0.20), "layer": (0.08, 0.20)}
 NETWORK = (0.15, 0.35)
 
 
@@ -51,11 +51,17 @@ def test_coefficients_are_plausible():
     # Hopper's NVLink 4 moves more bytes per second than Ampere's NVLink 3
     h, a = c.families["h100"].all_reduce["nvlink"][8], c.families["a100"].all_reduce["nvlink"][8]
     assert h.eff * 450e9 > a.eff * 300e9
-    # only the measured H200 has fitted attention kernels; its collectives are the H100's
-    at = c.families["h200"].attention
-    assert c.families["h100"].attention is None and c.families["a100"].attention is None
-    assert 0.3 < at.prefill_eff_compute <= 1.0 and 0.5 < at.decode_eff_mem <= 1.0
-    assert 1e-6 < at.prefill_launch_s < 2e-5 and 1e-6 < at.decode_launch_s < 2e-5
+    # the GPUs profiled with the project's tooling have fitted attention kernels, the A100
+    # (Vidur's profiles only, which lack attention) has none; the H200's collectives are
+    # the H100's
+    assert c.families["a100"].attention is None
+    for fam in ("h100", "h200"):
+        at = c.families[fam].attention
+        assert 0.3 < at.prefill_eff_compute <= 1.0 and 0.5 < at.decode_eff_mem <= 1.0
+        assert 1e-6 < at.prefill_launch_s < 2e-5 and 1e-6 < at.decode_launch_s < 2e-5
+    # the H200 moves KV at a higher rate than the H100 (4.8 against 3.35 TB/s nominal)
+    h100, h200 = c.families["h100"].attention, c.families["h200"].attention
+    assert h200.decode_eff_mem * 4.8 > h100.decode_eff_mem * 3.35
     assert c.families["h200"].all_reduce == c.families["h100"].all_reduce
     assert RAW["families"]["h200"]["network_from"] == "h100"
 
@@ -66,8 +72,9 @@ def test_recorded_errors_are_below_thresholds():
     for gpu in ("h100", "a100", "h200"):
         for group in ("layer_sum", "gemm", "elementwise"):
             assert {(gpu, gpu, group, "train"), (gpu, gpu, group, "held_out")} <= groups
-    for group in ("attn_prefill", "attn_decode", "attn_kv_cache_save", "layer"):
-        assert {("h200", "h200", group, "train"), ("h200", "h200", group, "held_out")} <= groups
+    for gpu in ("h100", "h200"):
+        for group in ("attn_prefill", "attn_decode", "attn_kv_cache_save", "layer"):
+            assert {(gpu, gpu, group, "train"), (gpu, gpu, group, "held_out")} <= groups
     own = [r for r in rows if r["coeffs"] == r["gpu"]]
     bad = [r for r in own if r["median"] > THRESHOLDS.get(r["group"], NETWORK)[0]
            or r["p90"] > THRESHOLDS.get(r["group"], NETWORK)[1]]
@@ -94,25 +101,26 @@ def test_measured_h200_fit_and_errors_reproduce():
     from sagellm.perf_fit import TRAIN_MODELS, _fit_compute, _minimise, _stats, load_mlp
     from sagellm.perf_fit_measured import MEASURED_PROFILES, fit_attention, layer_errors, load_kind
 
-    mlp = load_mlp(ROOT / "no-vidur-profiles-here")  # the measured files alone
+    mlp = load_mlp(ROOT / "no-vidur-profiles-here")  # the measured files alone (h100/ has
+    # attention and layers only: its matmuls come from Vidur's profiles)
     assert {m[0] for m in mlp} == {"h200"} and len(mlp) == 5
     train = [(spec, d) for g, name, spec, d in mlp if name in TRAIN_MODELS]
     compute = _fit_compute(get_gpu("h200"), train)
     for k, v in compute["gemm"].items():
         assert v == pytest.approx(RAW["families"]["h200"]["gemm"][k], rel=1e-3)
     frames = [d for g, name, d in load_kind(MEASURED_PROFILES, "attention")
-              if name in TRAIN_MODELS]
+              if g == "h200" and name in TRAIN_MODELS]
     att = fit_attention(frames, "h200", RAW["attention_causal_factor"], _minimise)
     for kind in ("prefill", "decode"):
         for k, v in att["attention"][kind].items():
             assert v == pytest.approx(RAW["families"]["h200"]["attention"][kind][k], rel=1e-3)
     recomputed = layer_errors(load_coefficients(), load_kind(MEASURED_PROFILES, "layer"),
                               TRAIN_MODELS, _stats)
-    recorded = {(r["coeffs"], r["group"], r["split"]): r for r in RAW["errors"]
-                if r["gpu"] == "h200"}
+    recorded = {(r["gpu"], r["coeffs"], r["group"], r["split"]): r for r in RAW["errors"]}
+    assert {r["gpu"] for r in recomputed} == {"h100", "h200"}
     for r in recomputed:
-        assert r["median"] == pytest.approx(recorded[("h200", "layer", r["split"])]["median"],
-                                            rel=1e-3)
+        rec = recorded[(r["gpu"], r["gpu"], "layer", r["split"])]
+        assert r["median"] == pytest.approx(rec["median"], rel=1e-3)
 
 
 @pytest.mark.skipif(not HAVE_PROFILES, reason=f"Vidur profiles not found at {PROFILES} "

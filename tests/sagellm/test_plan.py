@@ -109,7 +109,7 @@ def test_trace_lengths_drive_the_plan(tmp_path):
     (["--model", "llama-3-8b", "--gpus", "eight"], "COUNTxGPU"),
     (["--model", "llama-3-70b", "--gpus", "1xh100"], "needs at least 4 x h100 (80 GB)"),
     (["--model", "llama-3-70b", "--gpus", "8xh100", "--slo-tpot", "1ms"],
-     "best achievable TPOT is 14 ms"),
+     "best achievable TPOT is 15 ms"),
     (["--model", "llama-3-8b", "--gpus", "8xh100", "--slo-tpot", "soon"], "duration"),
 ])
 def test_bad_input_is_a_clear_error(tmp_path, args, message):
