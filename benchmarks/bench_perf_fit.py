@@ -1,4 +1,5 @@
-"""Performance-model accuracy against Vidur's GPU operator profiles, and predictor speed.
+"""Performance-model accuracy against GPU operator profiles (Vidur's and the project's own
+H100/H200 ones), the project's profiler against Vidur's, and predictor speed.
 
 Accuracy: relative error |predicted / measured - 1| of the committed coefficients
 (``control_plane/perf/data/fitted_coefficients.json``) on every profile row, per GPU and
@@ -8,7 +9,15 @@ adds up), for the models the fit used (``train``: Llama-2-7B/70B) and the ones i
 (``held_out``: Llama-3-8B/70B on A100, CodeLlama-34B on H100); and per collective, link
 and GPU count for all-reduce and send/recv (``in_sample``). Read from the profiles when
 present (``--profiles``, default ../shared/profiles of the repo), else the figures the
-JSON recorded at fit time are printed (``"from": "recorded"``).
+JSON recorded at fit time are printed (``"from": "recorded"``). The measured profiles
+(``control_plane/perf/data/gpu_profiles``) add the attention kernels (``attn_prefill``,
+``attn_decode``, ``attn_kv_cache_save``) and whole decoder layers (``layer``, the
+predictor's ``layer_s``); ``coeffs`` names the family that priced the GPU (the H200 is also
+priced with the H100's coefficients, as before it was profiled).
+
+Profiler check (with Vidur's profiles present): the project's profiler
+(``live/op_profile.py``) on an H100 against Vidur's H100 files, same models and shapes:
+median over rows of ours / Vidur's per op, for the 4 matmuls summed and the 10 ops summed.
 
 Speed: microseconds per ``iteration_s`` and ``decode_run_s`` call (median of 5 x 20,000
 calls), the latter being what the simulator's decode fast-forward pays per run.
@@ -31,7 +40,10 @@ sys.path.insert(0, str(ROOT))
 from control_plane.perf import Batch, ParallelConfig, RooflinePredictor, load_coefficients  # noqa: E402
 from control_plane.perf.coefficients import BUILTIN_COEFFICIENTS  # noqa: E402
 
-THRESHOLDS = {"layer_sum": (0.10, 0.25), "gemm": (0.15, 0.30), "elementwise": (0.20, 0.35)}
+THRESHOLDS = {"layer_sum": (0.10, 0.25), "gemm": (0.15, 0.30), "elementwise": (0.20, 0.35),
+              "attn_prefill": (0.10, 0.20), "attn_decode": (0.10, 0.30),
+              "attn_kv_cache_save": (0.10, 0.20), "layer": (0.08, 0.20)}
+MATMULS = ("attn_pre_proj", "attn_post_proj", "mlp_up_proj", "mlp_down_proj")
 NETWORK = (0.15, 0.35)
 
 
@@ -40,6 +52,30 @@ def accuracy(profiles: Path) -> tuple[str, list[dict]]:
         from sagellm.perf_fit import evaluate, load_mlp, load_net
         return "profiles", evaluate(load_coefficients(), load_mlp(profiles), load_net(profiles))
     return "recorded", json.loads(BUILTIN_COEFFICIENTS.read_text())["errors"]
+
+
+def profiler_vs_vidur(profiles: Path) -> dict:
+    """ours / Vidur's on the H100 (see the module doc); {} without Vidur's files."""
+    import pandas as pd
+
+    from sagellm.perf_fit import LAYER_OPS
+    from sagellm.perf_fit_measured import MEASURED_PROFILES
+    out = {}
+    for ours in sorted((MEASURED_PROFILES / "h100-vs-vidur").glob("mlp__*.csv.gz")):
+        theirs = profiles / "vidur" / ours.name
+        if not theirs.is_file():
+            continue
+        m = pd.read_csv(ours).merge(pd.read_csv(theirs),
+                                    on=["num_tokens", "num_tensor_parallel_workers"],
+                                    suffixes=("", "_v"))
+
+        def ratio(ops, m=m):
+            a = sum(m[f"time_stats.{op}.median"] for op in ops)
+            return round(float((a / sum(m[f"time_stats.{op}.median_v"] for op in ops)).median()), 3)
+        out[ours.name.split("__")[-1][: -len(".csv.gz")]] = {
+            "rows": len(m), "matmuls": ratio(MATMULS), "all_ops": ratio((*LAYER_OPS, "emb")),
+            **{op: ratio((op,)) for op in (*LAYER_OPS, "emb")}}
+    return out
 
 
 def speed() -> dict:
@@ -71,17 +107,23 @@ def main() -> int:
     ap.add_argument("--profiles", type=Path, default=ROOT.parent / "shared" / "profiles")
     args = ap.parse_args()
     source, errors = accuracy(args.profiles)
-    failed = [e for e in errors
-              if e["median"] > THRESHOLDS.get(e["group"], NETWORK)[0]
-              or e["p90"] > THRESHOLDS.get(e["group"], NETWORK)[1]]
-    result = {"from": source, "errors": errors, "speed": speed(), "failed": len(failed)}
+    failed = [e for e in errors if e.get("coeffs", e["gpu"]) == e["gpu"] and (
+              e["median"] > THRESHOLDS.get(e["group"], NETWORK)[0]
+              or e["p90"] > THRESHOLDS.get(e["group"], NETWORK)[1])]
+    check = profiler_vs_vidur(args.profiles) if (args.profiles / "vidur").is_dir() else {}
+    result = {"from": source, "errors": errors, "profiler_vs_vidur": check, "speed": speed(),
+              "failed": len(failed)}
     if args.json:
         print(json.dumps(result, indent=1))
     else:
-        print(f"relative error vs Vidur profiles (from {source})")
+        print(f"relative error vs the operator profiles (from {source})")
         for e in errors:
-            print(f"  {e['gpu']:5s} {e['group']:24s} {e['split']:9s} n={e['n']:6d}  "
+            print(f"  {e['gpu']:5s} {e.get('coeffs', e['gpu']):5s} {e['group']:24s} "
+                  f"{e['split']:9s} n={e['n']:6d}  "
                   f"median {e['median']:.3f}  p90 {e['p90']:.3f}  max {e['max']:.3f}")
+        for name, c in check.items():
+            print(f"  profiler / Vidur on H100, {name} ({c['rows']} rows): matmuls "
+                  f"{c['matmuls']}, all ops {c['all_ops']}")
         for name, s in result["speed"].items():
             print(f"  {name:26s} iteration_s {s['iteration_s_us']:6.2f} us  decode_run_s "
                   f"{s['decode_run_s_us']:6.2f} us  decode bs1 {s['decode_bs1_ms']} ms  "
