@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from control_plane import ConfigError, ControlPlaneConfig
+from control_plane.perf import Batch
 from control_plane.policies import create_policy
 from control_plane.routing import create_router
 from sagellm.capacity import cluster_capacity_rps
@@ -300,9 +301,39 @@ def _control_key(control: ControlPlaneConfig) -> dict[str, Any]:
     return out
 
 
+# batches whose predicted iteration times stand for an instance's performance model in
+# a run key: prefill, decode, mixed, at sizes the studies reach
+_PROBES = (Batch(prefill_tokens=512, prefill_attention=512 ** 2),
+           Batch(prefill_tokens=4096, prefill_attention=4096 ** 2),
+           Batch(decode_seqs=1, decode_context=1000),
+           Batch(decode_seqs=64, decode_context=64 * 2000),
+           Batch(prefill_tokens=256, prefill_attention=256 * 1024, decode_seqs=32,
+                 decode_context=32 * 1024))
+
+
+def instances_key(instances) -> list[dict[str, Any]]:
+    """What the simulation of ``instances`` depends on, as it enters a run key: each
+    instance's spec, engine settings, host, and its predictor's iteration times at
+    :data:`_PROBES`, so that a changed performance model (refitted coefficients, a new
+    profile) makes new runs instead of reusing stale ones."""
+    out = []
+    for inst in instances:
+        pred = getattr(inst, "predictor", None)
+        probes = ([float(f"{pred.iteration_s(b):.12g}") for b in _PROBES]
+                  if pred is not None else None)
+        out.append({"spec": dataclasses.asdict(inst.spec) if hasattr(inst, "spec")
+                    else dataclasses.asdict(inst),
+                    "engine": dataclasses.asdict(inst.engine) if hasattr(inst, "engine")
+                    else None, "host": getattr(inst, "host", None), "probes": probes})
+    return out
+
+
 def run_key(workload: PreparedWorkload, cluster: ClusterChoice, policy: object,
-            router: object, load: float, unit: str) -> str:
-    blob = json.dumps({"v": 2, "workload": workload.fingerprint, "cluster": cluster.definition,
+            router: object, load: float, unit: str,
+            instances: list[dict[str, Any]] | None = None) -> str:
+    blob = json.dumps({"v": 3, "workload": workload.fingerprint, "cluster": cluster.definition,
+                       "instances": instances_key(cluster.instances) if instances is None
+                       else instances,
                        "control": _control_key(cluster.control), "policy": policy,
                        "router": router, "load": float(load), "unit": unit},
                       sort_keys=True, default=str)
@@ -317,12 +348,14 @@ def expand(grid: Grid, workload: PreparedWorkload) -> list[RunSpec]:
         capacity = cluster_capacity_rps(cluster.instances, trace.prompt_tokens,
                                         trace.output_tokens)
         control = dataclasses.replace(cluster.control, seed=grid.workload.seed)
+        inst_key = instances_key(cluster.instances)
         for load in grid.loads:
             scale = (load * capacity / workload.rate_rps if grid.load_unit == "capacity"
                      else float(load))
             for policy in grid.policies:
                 for router in grid.routers:
-                    key = run_key(workload, cluster, policy, router, load, grid.load_unit)
+                    key = run_key(workload, cluster, policy, router, load, grid.load_unit,
+                                  inst_key)
                     params = {
                         "key": key, "cluster": cluster.name, "policy": spec_name(policy),
                         "router": spec_name(router), "load": float(load),

@@ -75,6 +75,23 @@ def test_control_plane_settings_enter_the_run_key(trace):
     assert keys[0] != keys[1] and keys[0] == keys[2]
 
 
+def test_the_performance_model_enters_the_run_key(trace):
+    """A built-in cluster's definition names only the cluster: when the instances'
+    performance model changes (refitted coefficients, another profile), its runs must get
+    new keys, or a rerun would reuse results simulated with the old model."""
+    from control_plane.perf import LinearPredictor
+    grid = small_grid(trace, loads=(1.0,), policies=("fifo",), routers=("round_robin",))
+    base = builtin_cluster("default")
+    slower = dataclasses.replace(base, instances=tuple(
+        dataclasses.replace(inst, predictor=LinearPredictor(overhead_s=0.02,
+                                                            per_token_s=1e-4))
+        for inst in base.instances))
+    same = dataclasses.replace(base, instances=tuple(base.instances))
+    keys = [expand(dataclasses.replace(grid, clusters=(c,)), prepare_workload(grid.workload)
+                   )[0].key for c in (base, slower, same)]
+    assert keys[0] != keys[1] and keys[0] == keys[2]
+
+
 def test_rate_scales_are_multiples_of_the_trace_rate(trace):
     grid = dataclasses.replace(small_grid(trace), loads=(1.0, 2.0), load_unit="trace")
     wl = prepare_workload(grid.workload)
