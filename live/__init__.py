@@ -22,7 +22,8 @@
   :mod:`control_plane.engine`, run in real time), served as vLLM's OpenAI API and metrics
   by :mod:`live.emulate_api` (``sagellm emulate``; metrics in :mod:`live.emulate_metrics`)
 - :mod:`live.op_profile`: times a model's layer operators with PyTorch on a GPU (or CPU)
-  and writes them in the format of Vidur's operator profiles (timing in :mod:`live.op_timer`)
+  and writes them in the format of Vidur's operator profiles (kernels in :mod:`live.op_kernels`,
+  timing in :mod:`live.op_timer`)
 """
 
 import importlib

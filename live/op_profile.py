@@ -30,7 +30,7 @@ through ``F.scaled_dot_product_attention``); RoPE and the gated activation are e
 element-wise ops unless ``--fuse`` compiles each into one kernel, as vLLM's own are. A
 decode has one query row per sequence with GQA heads folded (``enable_gqa``), so flash
 attention splits the context over thread blocks (flash-decoding). Weights are random
-bf16. Timing: :mod:`live.op_timer`.
+bf16. Kernels: :mod:`live.op_kernels`; timing: :mod:`live.op_timer`.
 """
 
 from __future__ import annotations
@@ -43,22 +43,27 @@ import json
 import sys
 import time
 import traceback
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from control_plane.perf.models import ModelSpec, get_model
-from live.op_timer import copies_for, time_op
+from live.op_kernels import (
+    Shard,
+    Weights,
+    decode_attention,
+    fuse_elementwise,
+    kv_copies,
+    kv_save,
+    layer_forward,
+    mlp_closures,
+    prefill_attention,
+    rand,
+)
+from live.op_timer import time_op
 
-__all__ = ["ATTENTION_OPS", "HF_IDS", "MLP_OPS", "main", "profile_attention", "profile_layer",
-           "profile_mlp"]
+__all__ = ["HF_IDS", "main", "profile_attention", "profile_layer", "profile_mlp"]
 
-MLP_OPS = ("emb", "input_layernorm", "attn_pre_proj", "attn_rope", "attn_post_proj",
-           "post_attention_layernorm", "mlp_up_proj", "mlp_act", "mlp_down_proj", "add")
-ATTENTION_OPS = ("attn_prefill", "attn_decode", "attn_kv_cache_save")
-STATS = ("min", "max", "mean", "median", "std")
 HF_IDS = {"llama-2-7b": "meta-llama/Llama-2-7b-hf", "llama-2-70b": "meta-llama/Llama-2-70b-hf",
           "llama-3-8b": "meta-llama/Meta-Llama-3-8B", "llama-3-70b": "meta-llama/Meta-Llama-3-70B",
           "codellama-34b": "codellama/CodeLlama-34b-Instruct-hf", "qwen2.5-7b": "Qwen/Qwen2.5-7B"}
@@ -72,101 +77,6 @@ LAYER_BATCHES = ((0, 1, 512), (0, 8, 512), (0, 32, 1024), (0, 128, 1024), (0, 64
 KV_CAP_BYTES = 8 * 2**30
 
 
-class Shard:
-    """One GPU's slice of ``model``'s layer under ``tp``-way tensor parallelism."""
-
-    def __init__(self, model: ModelSpec, tp: int) -> None:
-        if model.heads % tp:
-            raise ValueError(f"tp={tp} does not divide {model.name}'s {model.heads} heads")
-        self.model, self.tp = model, tp
-        self.h, self.d = model.hidden, model.head_dim
-        self.hq = model.heads // tp
-        self.kvg = max(1, model.kv_heads // tp)  # KV heads are replicated when tp > kv_heads
-        self.i = model.intermediate // tp
-        self.vocab = model.vocab // tp
-
-
-class _Weights:
-    """Random bf16 weights of one shard's layer, each matrix in enough copies to rotate
-    over (:func:`live.op_timer.copies_for`), made once per shard."""
-
-    def __init__(self, s: Shard, device: torch.device, dtype, inner: int, seed: int) -> None:
-        self.s, self.dev, self.dt = s, device, dtype
-        self.gen = torch.Generator(device=device).manual_seed(seed)
-        h, d = s.h, s.d
-        self.qkv = self.copies(inner, (s.hq + 2 * s.kvg) * d, h)
-        self.o = self.copies(inner, h, s.hq * d)
-        self.up = self.copies(inner, 2 * s.i, h)
-        self.down = self.copies(inner, h, s.i)
-        self.table = self.copies(inner, s.vocab, h)
-        self.norm = self.rand(h)
-
-    def rand(self, *shape: int) -> torch.Tensor:
-        return torch.empty(*shape, device=self.dev, dtype=self.dt).normal_(0, 0.02,
-                                                                           generator=self.gen)
-
-    def copies(self, inner: int, *shape: int) -> list[torch.Tensor]:
-        n = self.dt.itemsize
-        for v in shape:
-            n *= v
-        k = copies_for(n, inner) if self.dev.type == "cuda" else 1
-        return [self.rand(*shape) for _ in range(k)]
-
-
-def _mlp_closures(w: _Weights, tokens: int) -> dict[str, list[Callable[[], object]]]:
-    """One closure per op (a list: one per weight copy) for ``tokens`` tokens."""
-    s, h, d, t = w.s, w.s.h, w.s.d, tokens
-    x, res = w.rand(t, h), w.rand(t, h)
-    qk = w.rand(t, (s.hq + s.kvg) * d)
-    cos, sin = w.rand(t, 1, d // 2), w.rand(t, 1, d // 2)
-    gate_up, attn_out, act_out = w.rand(t, 2 * s.i), w.rand(t, s.hq * d), w.rand(t, s.i)
-    ids = torch.randint(0, s.vocab, (t,), device=w.dev, generator=w.gen)
-
-    def gemm(a: torch.Tensor, mats: list[torch.Tensor]) -> list[Callable[[], object]]:
-        return [lambda m=m: F.linear(a, m) for m in mats]
-
-    return {
-        "emb": [lambda tb=tb: F.embedding(ids, tb) for tb in w.table],
-        "input_layernorm": [lambda: rms_norm(x, w.norm)],
-        "attn_pre_proj": gemm(x, w.qkv),
-        "attn_rope": [lambda: KERNELS["rope"](qk, cos, sin, s.hq + s.kvg, d)],
-        "attn_post_proj": gemm(attn_out, w.o),
-        "post_attention_layernorm": [lambda: rms_norm(x, w.norm)],
-        "mlp_up_proj": gemm(x, w.up),
-        "mlp_act": [lambda: KERNELS["gated_silu"](gate_up)],
-        "mlp_down_proj": gemm(act_out, w.down),
-        "add": [lambda: x + res],
-    }
-
-
-def rms_norm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    return F.rms_norm(x, (x.shape[-1],), w, 1e-5)
-
-
-def rope(qk: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int,
-         d: int) -> torch.Tensor:
-    """Neox-style rotary embedding of the query and key rows of ``qk`` (tokens, heads*d)."""
-    t = qk.shape[0]
-    v = qk.reshape(t, heads, d)
-    a, b = v[..., : d // 2], v[..., d // 2:]
-    return torch.cat((a * cos - b * sin, b * cos + a * sin), dim=-1).view(t, heads * d)
-
-
-def gated_silu(gate_up: torch.Tensor) -> torch.Tensor:
-    g, u = gate_up.chunk(2, dim=-1)
-    return F.silu(g) * u
-
-
-KERNELS: dict[str, Callable] = {"rope": rope, "gated_silu": gated_silu}
-
-
-def fuse_elementwise() -> None:
-    """Compile RoPE and the gated activation with ``torch.compile`` (one fused kernel each,
-    as vLLM's own kernels are) instead of PyTorch's eager chain of element-wise kernels."""
-    for name, fn in (("rope", rope), ("gated_silu", gated_silu)):
-        KERNELS[name] = torch.compile(fn, dynamic=True, fullgraph=True)
-
-
 def _row(stats_by_op: dict[str, dict[str, float]]) -> dict[str, float]:
     return {f"time_stats.{op}.{k}": v for op, st in stats_by_op.items() for k, v in st.items()}
 
@@ -175,52 +85,18 @@ def profile_mlp(model: ModelSpec, tps, tokens, device, dtype, reps: int, inner: 
                 deadline: float) -> list[dict]:
     rows = []
     for tp in tps:
-        w = _Weights(Shard(model, tp), device, dtype, inner, seed=tp)
+        w = Weights(Shard(model, tp), device, dtype, inner, seed=tp)
         for t in tokens:
             if time.monotonic() > deadline:
                 return rows
             st = {op: time_op(fns, device, reps, inner).stats()
-                  for op, fns in _mlp_closures(w, t).items()}
+                  for op, fns in mlp_closures(w, t).items()}
             rows.append({"n_head": model.heads, "n_kv_head": model.kv_heads, "n_embd": model.hidden,
                          "n_expanded_embd": model.intermediate, "vocab_size": model.vocab,
                          "use_gated_mlp": True, "num_tokens": t,
                          "num_tensor_parallel_workers": tp} | _row(st))
         del w
     return rows
-
-
-def _rand(gen: torch.Generator, dtype, *shape: int, std: float = 1.0) -> torch.Tensor:
-    return torch.empty(*shape, device=gen.device, dtype=dtype).normal_(0, std, generator=gen)
-
-
-def _kv(s: Shard, batch: int, context: int, dtype, inner: int, gen):
-    """Rotating (k, v) copies of ``batch`` sequences x ``context`` tokens (B, kvg, L, d)."""
-    nbytes = 2 * batch * context * s.kvg * s.d * dtype.itemsize
-    k = copies_for(nbytes, inner) if gen.device.type == "cuda" else 1
-    return [(_rand(gen, dtype, batch, s.kvg, context, s.d),
-             _rand(gen, dtype, batch, s.kvg, context, s.d)) for _ in range(k)]
-
-
-def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """One new token per sequence: q (B, hq, 1, d) over k, v (B, kvg, L, d). With one query
-    row, flash attention splits the context over thread blocks and, for GQA, folds each KV
-    head's query group into rows (flash-decoding, as vLLM's decode kernels do)."""
-    return F.scaled_dot_product_attention(q, k, v, enable_gqa=k.shape[1] != q.shape[1])
-
-
-def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Causal attention of a fresh prompt: q (1, hq, c, d) over k, v (1, kvg, c, d)."""
-    return F.scaled_dot_product_attention(q, k, v, is_causal=True,
-                                          enable_gqa=k.shape[1] != q.shape[1])
-
-
-def _kv_save(s: Shard, tokens: int, dtype, gen):
-    """Closure writing ``tokens`` new K and V rows into a 64k-slot cache at scattered slots."""
-    slots = max(65536, tokens)
-    cache = torch.zeros(2, slots, s.kvg * s.d, device=gen.device, dtype=dtype)
-    new = _rand(gen, dtype, 2, tokens, s.kvg * s.d)
-    idx = torch.randperm(slots, device=gen.device, generator=gen)[:tokens]
-    return lambda: cache.index_copy_(1, idx, new)
 
 
 def profile_attention(model: ModelSpec, tps, prefill, batches, contexts, device, dtype,
@@ -234,11 +110,11 @@ def profile_attention(model: ModelSpec, tps, prefill, batches, contexts, device,
         for c in prefill:
             if time.monotonic() > deadline:
                 return rows
-            q = _rand(gen, dtype, 1, s.hq, c, s.d)
-            k, v = _rand(gen, dtype, 1, s.kvg, c, s.d), _rand(gen, dtype, 1, s.kvg, c, s.d)
+            q = rand(gen, dtype, 1, s.hq, c, s.d)
+            k, v = rand(gen, dtype, 1, s.kvg, c, s.d), rand(gen, dtype, 1, s.kvg, c, s.d)
             fn = functools.partial(prefill_attention, q, k, v)
             st = {"attn_prefill": time_op([fn], device, reps, inner).stats(),
-                  "attn_kv_cache_save": time_op([_kv_save(s, c, dtype, gen)], device,
+                  "attn_kv_cache_save": time_op([kv_save(s, c, dtype, gen)], device,
                                                 reps, inner).stats()}
             rows.append(base | {"batch_size": 1, "prefill_chunk_size": c, "kv_cache_size": 0,
                                 "is_prefill": 1} | _row(st))
@@ -248,53 +124,16 @@ def profile_attention(model: ModelSpec, tps, prefill, batches, contexts, device,
                     return rows
                 if 2 * b * L * s.kvg * s.d * dtype.itemsize > KV_CAP_BYTES:
                     continue
-                q = _rand(gen, dtype, b, s.hq, 1, s.d)
+                q = rand(gen, dtype, b, s.hq, 1, s.d)
                 fns = [lambda q=q, k=k, v=v: decode_attention(q, k, v)
-                       for k, v in _kv(s, b, L, dtype, inner, gen)]
+                       for k, v in kv_copies(s, b, L, dtype, inner, gen)]
                 st = {"attn_decode": time_op(fns, device, reps, inner).stats(),
-                      "attn_kv_cache_save": time_op([_kv_save(s, b, dtype, gen)],
+                      "attn_kv_cache_save": time_op([kv_save(s, b, dtype, gen)],
                                                     device, reps, inner).stats()}
                 rows.append(base | {"batch_size": b, "prefill_chunk_size": 0, "kv_cache_size": L,
                                     "is_prefill": 0} | _row(st))
                 del fns
     return rows
-
-
-def layer_forward(s: Shard, prefill: int, seqs: int, context: int, dtype, gen):
-    """Closure running one decoder layer over a batch: ``prefill`` tokens of one prompt and
-    ``seqs`` decoding sequences at ``context`` tokens each."""
-    t, h, d, hq, kvg = prefill + seqs, s.h, s.d, s.hq, s.kvg
-
-    def r(*shape):
-        return _rand(gen, dtype, *shape, std=0.02)
-
-    w_qkv, w_o = r((hq + 2 * kvg) * d, h), r(h, hq * d)
-    w_up, w_down = r(2 * s.i, h), r(h, s.i)
-    n1, n2 = r(h), r(h)
-    x = r(t, h)
-    cos, sin = r(t, 1, d // 2), r(t, 1, d // 2)
-    kv_dec = (r(seqs, kvg, context, d), r(seqs, kvg, context, d)) if seqs else None
-    kv_save = _kv_save(s, t, dtype, gen)
-
-    def run() -> torch.Tensor:
-        qkv = F.linear(rms_norm(x, n1), w_qkv)
-        qk = KERNELS["rope"](qkv[:, : (hq + kvg) * d], cos, sin, hq + kvg, d)
-        kv_save()
-        outs = []
-        if prefill:
-            def heads(m: torch.Tensor, n: int) -> torch.Tensor:
-                return m[:prefill].reshape(prefill, n, d).transpose(0, 1).unsqueeze(0)
-            o = prefill_attention(heads(qk[:, : hq * d], hq), heads(qk[:, hq * d:], kvg),
-                                  heads(qkv[:, (hq + kvg) * d:], kvg))
-            outs.append(o.squeeze(0).transpose(0, 1).reshape(prefill, hq * d))
-        if seqs:
-            qd = qk[prefill:, : hq * d].reshape(seqs, hq, 1, d)
-            outs.append(decode_attention(qd, *kv_dec).reshape(seqs, hq * d))
-        a = outs[0] if len(outs) == 1 else torch.cat(outs)
-        x2 = F.linear(a, w_o) + x
-        z = KERNELS["gated_silu"](F.linear(rms_norm(x2, n2), w_up))
-        return F.linear(z, w_down) + x2
-    return run
 
 
 def profile_layer(model: ModelSpec, tps, batches, device, dtype, reps: int, inner: int,
@@ -350,11 +189,11 @@ def _flash_support(device: torch.device, dtype) -> dict[str, bool]:
     from torch.nn.attention import SDPBackend, sdpa_kernel
     gen = torch.Generator(device=device).manual_seed(0)
     cases = {"decode_gqa": lambda: decode_attention(
-                 _rand(gen, dtype, 2, 32, 1, 128), _rand(gen, dtype, 2, 8, 256, 128),
-                 _rand(gen, dtype, 2, 8, 256, 128)),
+                 rand(gen, dtype, 2, 32, 1, 128), rand(gen, dtype, 2, 8, 256, 128),
+                 rand(gen, dtype, 2, 8, 256, 128)),
              "prefill_gqa": lambda: prefill_attention(
-                 _rand(gen, dtype, 1, 32, 256, 128), _rand(gen, dtype, 1, 8, 256, 128),
-                 _rand(gen, dtype, 1, 8, 256, 128))}
+                 rand(gen, dtype, 1, 32, 256, 128), rand(gen, dtype, 1, 8, 256, 128),
+                 rand(gen, dtype, 1, 8, 256, 128))}
     out = {}
     for name, fn in cases.items():
         try:
