@@ -36,7 +36,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import minimize
 
 from control_plane.perf.coefficients import BUILTIN_COEFFICIENTS, Coefficients, GemmCoeffs
 from control_plane.perf.coefficients import ElementwiseCoeffs as EwC
@@ -53,6 +52,7 @@ from control_plane.perf.ops import (
     gemm_shapes,
     layer_op_times,
 )
+from sagellm.perf_fit_math import error_stats, minimise, round6
 from sagellm.perf_fit_measured import (
     MEASURED_PROFILES,
     attention_errors,
@@ -62,7 +62,7 @@ from sagellm.perf_fit_measured import (
     measured_families,
 )
 
-__all__ = ["evaluate", "fit", "load_mlp", "load_net", "main"]
+__all__ = ["evaluate", "fit", "fit_compute", "load_mlp", "load_net", "main"]
 
 SOURCE = ("Vidur operator profiles, microsoft/vidur commit "
           "7d47513363ec447a741ac5e47241580b47724fbf data/profiling/, MIT License "
@@ -74,19 +74,6 @@ MEASURED_SOURCE = ("H200 operator, attention and layer profiles measured with li
                    "on 2026-11-27 (control_plane/perf/data/gpu_profiles/h200, see its README)")
 NETWORK_FROM = {"h200": "h100"}  # same NVLink 4 / NVSwitch; a single GPU measures no collective
 DEFAULT_PROFILES = Path(__file__).resolve().parents[2] / "shared" / "profiles"
-
-
-def _minimise(f, x0):
-    """Minimise ``f`` over log-parameters from ``x0`` with scipy's Nelder-Mead (deterministic),
-    restarted once from its result with a smaller simplex: the restart escapes a collapsed
-    simplex. Returns the parameters (not their logs)."""
-    x = np.log(np.asarray(x0, float))
-    for step in (0.3, 0.1):
-        simplex = np.vstack([x, x + step * np.eye(len(x))])
-        x = minimize(f, x, method="Nelder-Mead",
-                     options={"initial_simplex": simplex, "maxiter": 3000,
-                              "xatol": 1e-10, "fatol": 1e-12}).x
-    return np.exp(x)
 
 
 def load_mlp(profiles: Path, measured: Path | None = MEASURED_PROFILES
@@ -140,7 +127,7 @@ def _link_bw(fam: str, kind: str) -> float:
     return {"nvlink": gpu.nvlink_bytes_per_s, "pcie": gpu.pcie_bytes_per_s}.get(kind, 0.0)
 
 
-def _fit_compute(gpu, train) -> dict:
+def fit_compute(gpu, train) -> dict:
     """``gemm`` and ``elementwise`` coefficients of one GPU from its train models' rows."""
     T, K, N, Y = [], [], [], []
     for spec, d in train:
@@ -156,9 +143,9 @@ def _fit_compute(gpu, train) -> dict:
         c = GemmCoeffs(*np.exp(x))
         return float(np.mean(np.log(gemm_s(T, K, N, gpu, c) / Y) ** 2))
 
-    ec, em, launch, p = _minimise(gemm_loss, [0.7, 0.8, 1e-5, 2.0])
-    out = {"gemm": {"eff_compute": _r(ec), "eff_mem": _r(em), "launch_s": _r(launch),
-                    "smooth_p": _r(p)}, "elementwise": {}}
+    ec, em, launch, p = minimise(gemm_loss, [0.7, 0.8, 1e-5, 2.0])
+    out = {"gemm": {"eff_compute": round6(ec), "eff_mem": round6(em), "launch_s": round6(launch),
+                    "smooth_p": round6(p)}, "elementwise": {}}
     for op in (*ELEMENTWISE_OPS, "emb"):
         B, Y = [], []
         for spec, d in train:
@@ -171,8 +158,8 @@ def _fit_compute(gpu, train) -> dict:
         def ew_loss(x, B=B, Y=Y, gpu=gpu):
             return float(np.mean(np.log(elementwise_s(B, gpu, EwC(*np.exp(x))) / Y) ** 2))
 
-        la, ef = _minimise(ew_loss, [3e-6, 0.5])
-        out["elementwise"][op] = {"launch_s": _r(la), "eff_mem": _r(ef)}
+        la, ef = minimise(ew_loss, [3e-6, 0.5])
+        out["elementwise"][op] = {"launch_s": round6(la), "eff_mem": round6(ef)}
     return out
 
 
@@ -183,11 +170,11 @@ def fit(profiles: Path, measured: Path | None = MEASURED_PROFILES) -> dict:
     families: dict[str, dict] = {}
     for fam in sorted({gpu for gpu, *_ in mlp}):
         train = [(spec, d) for g, name, spec, d in mlp if g == fam and name in TRAIN_MODELS]
-        families[fam] = _fit_compute(get_gpu(fam), train) | {"all_reduce": {}, "send_recv": {}}
+        families[fam] = fit_compute(get_gpu(fam), train) | {"all_reduce": {}, "send_recv": {}}
     attention = load_kind(measured, "attention") if measured is not None else []
     for fam in sorted({g for g, *_ in attention}):
         frames = [d for g, name, d in attention if g == fam and name in TRAIN_MODELS]
-        fitted = fit_attention(frames, fam, ATTENTION_CAUSAL_FACTOR, _minimise)
+        fitted = fit_attention(frames, fam, ATTENTION_CAUSAL_FACTOR)
         families[fam]["attention"] = fitted["attention"]
         families[fam]["elementwise"]["attn_kv_cache_save"] = fitted["attn_kv_cache_save"]
 
@@ -202,9 +189,9 @@ def fit(profiles: Path, measured: Path | None = MEASURED_PROFILES) -> dict:
             alpha, bw = np.exp(x)
             return float(np.mean(np.log((alpha + k * size / bw) / y) ** 2))
 
-        alpha, bw = _minimise(net_loss, [2e-5, 1e11])
-        entry = ({"alpha_s": _r(alpha), "bytes_per_s": _r(bw)} if kind == "inter_node"
-                 else {"alpha_s": _r(alpha), "eff": _r(bw / bw_link)})
+        alpha, bw = minimise(net_loss, [2e-5, 1e11])
+        entry = ({"alpha_s": round6(alpha), "bytes_per_s": round6(bw)} if kind == "inter_node"
+                 else {"alpha_s": round6(alpha), "eff": round6(bw / bw_link)})
         if coll == "all_reduce":
             families[fam]["all_reduce"].setdefault(kind, {})[str(n)] = entry
         else:
@@ -236,16 +223,6 @@ def fit(profiles: Path, measured: Path | None = MEASURED_PROFILES) -> dict:
     return out
 
 
-def _r(x: float) -> float:
-    return float(f"{float(x):.6g}")
-
-
-def _stats(rel: np.ndarray) -> dict:
-    a = np.abs(rel)
-    return {"n": int(a.size), "median": _r(np.median(a)), "p90": _r(np.quantile(a, 0.9)),
-            "max": _r(a.max()), "bias": _r(np.median(rel))}
-
-
 def _mlp_errors(coeffs: Coefficients, mlp, fam: str, coeff_family: str) -> list[dict]:
     fc = coeffs.families[coeff_family]
     rows = []
@@ -269,7 +246,7 @@ def _mlp_errors(coeffs: Coefficients, mlp, fam: str, coeff_family: str) -> list[
         if models:
             for group, parts in rel.items():
                 rows.append({"gpu": fam, "coeffs": coeff_family, "group": group,
-                             "split": split, "models": models} | _stats(np.concatenate(parts)))
+                             "split": split, "models": models} | error_stats(np.concatenate(parts)))
     return rows
 
 
@@ -294,17 +271,17 @@ def evaluate(coeffs: Coefficients, mlp, net: pd.DataFrame,
         lc = fc.all_reduce[kind][n] if coll == "all_reduce" else fc.send_recv[kind]
         pred = comm_s(g["size"].to_numpy(), n, lc, _link_bw(fam, kind), coll)
         rows.append({"gpu": fam, "coeffs": fam, "group": f"{coll}_{kind}_n{n}",
-                     "split": "in_sample", "models": []} | _stats(pred / g.t.to_numpy() - 1))
+                     "split": "in_sample", "models": []} | error_stats(pred / g.t.to_numpy() - 1))
     if measured is None:
         return rows
-    rows += attention_errors(coeffs, load_kind(measured, "attention"), TRAIN_MODELS, _stats)
+    rows += attention_errors(coeffs, load_kind(measured, "attention"), TRAIN_MODELS)
     layers = load_kind(measured, "layer")
-    rows += layer_errors(coeffs, layers, TRAIN_MODELS, _stats)
+    rows += layer_errors(coeffs, layers, TRAIN_MODELS)
     for fam, donor in NETWORK_FROM.items():
         if fam in coeffs.families and donor in coeffs.families:
             rows += _mlp_errors(coeffs, mlp, fam, donor)
             rows += layer_errors(coeffs, [x for x in layers if x[0] == fam], TRAIN_MODELS,
-                                 _stats, coeff_family=donor)
+                                 coeff_family=donor)
     return rows
 
 

@@ -33,6 +33,7 @@ from control_plane.perf.hardware import get_gpu
 from control_plane.perf.models import ModelSpec, get_model
 from control_plane.perf.parallel import ParallelConfig
 from control_plane.perf.roofline import RooflinePredictor
+from sagellm.perf_fit_math import error_stats, minimise, round6
 
 __all__ = ["MEASURED_PROFILES", "attention_errors", "fit_attention", "layer_errors",
            "load_kind", "measured_families"]
@@ -87,7 +88,7 @@ def _arrays(d: pd.DataFrame, factor: float):
             "save_bytes": 4.0 * kvg * hd * 2 * np.where(pf, c, bsz)}
 
 
-def fit_attention(frames: list[pd.DataFrame], gpu_name: str, factor: float, minimise) -> dict:
+def fit_attention(frames: list[pd.DataFrame], gpu_name: str, factor: float) -> dict:
     """``attention`` coefficients and the ``attn_kv_cache_save`` element-wise op of one
     family from its train models' attention rows."""
     gpu = get_gpu(gpu_name)
@@ -111,18 +112,14 @@ def fit_attention(frames: list[pd.DataFrame], gpu_name: str, factor: float, mini
                          [5e-6, 0.9])
     sla, seff = minimise(lambda x: loss(np.exp(x[0]) + save / (W * np.exp(x[1])), y_save),
                          [2e-6, 0.5])
-    r = _round
+    r = round6
     return {"attention": {"prefill": {"launch_s": r(la), "eff_compute": r(eff),
                                       "per_token_s": r(per_tok)},
                           "decode": {"launch_s": r(dla), "eff_mem": r(deff)}},
             "attn_kv_cache_save": {"launch_s": r(sla), "eff_mem": r(seff)}}
 
 
-def _round(x: float) -> float:
-    return float(f"{float(x):.6g}")
-
-
-def attention_errors(coeffs: Coefficients, rows, train_models, stats) -> list[dict]:
+def attention_errors(coeffs: Coefficients, rows, train_models) -> list[dict]:
     """Errors of ``RooflinePredictor.attention_parts`` on every attention row: groups
     ``attn_prefill``, ``attn_decode``, ``attn_kv_cache_save`` per GPU and split."""
     out = []
@@ -156,11 +153,11 @@ def attention_errors(coeffs: Coefficients, rows, train_models, stats) -> list[di
             if models:
                 for group, vals in rel.items():
                     out.append({"gpu": fam, "coeffs": fam, "group": group, "split": split,
-                                "models": models} | stats(np.asarray(vals)))
+                                "models": models} | error_stats(np.asarray(vals)))
     return out
 
 
-def layer_errors(coeffs: Coefficients, rows, train_models, stats,
+def layer_errors(coeffs: Coefficients, rows, train_models,
                  coeff_family: str | None = None) -> list[dict]:
     """Errors of ``RooflinePredictor.layer_s`` on the whole-layer rows, per GPU and split;
     ``coeff_family`` prices the GPU with another family's coefficients (the borrowing the
@@ -185,5 +182,5 @@ def layer_errors(coeffs: Coefficients, rows, train_models, stats,
                     rel.append(pred.layer_s(batch) / (row["time_stats.layer.median"] * 1e-3) - 1)
             if models:
                 out.append({"gpu": fam, "coeffs": coeff_family or fam, "group": "layer",
-                            "split": split, "models": models} | stats(np.asarray(rel)))
+                            "split": split, "models": models} | error_stats(np.asarray(rel)))
     return out

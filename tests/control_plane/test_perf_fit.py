@@ -98,24 +98,24 @@ def test_measured_h200_fit_and_errors_reproduce():
     """Refit the H200 family from the committed profiles (no Vidur files needed) and
     recompute its errors: both match the JSON."""
     from control_plane.perf.hardware import get_gpu
-    from sagellm.perf_fit import TRAIN_MODELS, _fit_compute, _minimise, _stats, load_mlp
+    from sagellm.perf_fit import TRAIN_MODELS, fit_compute, load_mlp
     from sagellm.perf_fit_measured import MEASURED_PROFILES, fit_attention, layer_errors, load_kind
 
     mlp = load_mlp(ROOT / "no-vidur-profiles-here")  # the measured files alone (h100/ has
     # attention and layers only: its matmuls come from Vidur's profiles)
     assert {m[0] for m in mlp} == {"h200"} and len(mlp) == 5
     train = [(spec, d) for g, name, spec, d in mlp if name in TRAIN_MODELS]
-    compute = _fit_compute(get_gpu("h200"), train)
+    compute = fit_compute(get_gpu("h200"), train)
     for k, v in compute["gemm"].items():
         assert v == pytest.approx(RAW["families"]["h200"]["gemm"][k], rel=1e-3)
     frames = [d for g, name, d in load_kind(MEASURED_PROFILES, "attention")
               if g == "h200" and name in TRAIN_MODELS]
-    att = fit_attention(frames, "h200", RAW["attention_causal_factor"], _minimise)
+    att = fit_attention(frames, "h200", RAW["attention_causal_factor"])
     for kind in ("prefill", "decode"):
         for k, v in att["attention"][kind].items():
             assert v == pytest.approx(RAW["families"]["h200"]["attention"][kind][k], rel=1e-3)
     recomputed = layer_errors(load_coefficients(), load_kind(MEASURED_PROFILES, "layer"),
-                              TRAIN_MODELS, _stats)
+                              TRAIN_MODELS)
     recorded = {(r["gpu"], r["coeffs"], r["group"], r["split"]): r for r in RAW["errors"]}
     assert {r["gpu"] for r in recomputed} == {"h100", "h200"}
     for r in recomputed:

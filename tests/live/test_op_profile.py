@@ -20,7 +20,6 @@ from click.testing import CliRunner
 
 from live.vllm_env import find_vllm_env
 from sagellm.cli import main
-from sagellm.perf_fit import _minimise
 from sagellm.perf_fit_measured import fit_attention
 from tests.live.real_vllm_gate import real_vllm
 
@@ -93,7 +92,7 @@ def test_profiles_a_model_in_vidurs_format(tmp_path, torch_python):
     assert meta["device"]["device_type"] == "cpu" and meta["gpu_name"] == "cpu"
 
     # the attention fit takes the file as it takes a GPU's (the CPU's numbers fit no GPU)
-    fitted = fit_attention([att], "h200", 0.5, _minimise)
+    fitted = fit_attention([att], "h200", 0.5)
     assert fitted["attention"]["decode"]["launch_s"] > 0
     assert fitted["attn_kv_cache_save"]["eff_mem"] > 0
 
