@@ -169,7 +169,7 @@ class RooflinePredictor:
         if tokens <= 0:
             return {}
         layers, g, gc = self.model.layers, self.gpu, self.fc.gemm
-        attn = sum(self.attention_parts(batch).values())
+        attn = sum(self._attention_terms(batch))
         lm_tokens = s + (1 if p else 0)
         return {
             "overhead": self._overhead,
@@ -187,9 +187,13 @@ class RooflinePredictor:
         """Seconds of one layer's attention kernels: ``prefill``, ``decode`` and
         ``kv_cache_save`` (writing the batch's new K and V), as the attention profiles
         time them."""
+        return dict(zip(("prefill", "decode", "kv_cache_save"), self._attention_terms(batch),
+                        strict=True))
+
+    def _attention_terms(self, batch: Batch) -> tuple[float, float, float]:
         p, s = batch.prefill_tokens, batch.decode_seqs
-        out = {"prefill": 0.0, "decode": 0.0,
-               "kv_cache_save": self._kv_launch + self._kv_write * (p + s) if p + s else 0.0}
+        save = self._kv_launch + self._kv_write * (p + s) if p + s else 0.0
+        prefill = decode = 0.0
         if p:
             flops = self._pf_flops_per_pair * batch.prefill_attention
             at = self.fc.attention
@@ -198,10 +202,10 @@ class RooflinePredictor:
                      + at.prefill_per_token_s * p)
             else:
                 t = roof_s(flops, self._pf_bytes_per_tok * p, self.gpu, self.fc.gemm)
-            out["prefill"] = self._pf_launch + t
+            prefill = self._pf_launch + t
         if s:
-            out["decode"] = self._dec_launch + self._dec_per_ctx * batch.decode_context
-        return out
+            decode = self._dec_launch + self._dec_per_ctx * batch.decode_context
+        return prefill, decode, save
 
     def layer_s(self, batch: Batch) -> float:
         """One decoder layer on one GPU: matmuls, element-wise ops and attention (no
