@@ -72,6 +72,7 @@ PER_ITERATION_OVERHEAD_S = 0.001  # not in the operator profiles: assumption unt
 ATTENTION_CAUSAL_FACTOR = 0.5
 MEASURED_SOURCE = ("H200 operator, attention and layer profiles measured with live/op_profile.py "
                    "on 2026-11-27 (control_plane/perf/data/gpu_profiles/h200, see its README)")
+MEASURED_GROUPS = ("attn_prefill", "attn_decode", "attn_kv_cache_save", "layer")
 NETWORK_FROM = {"h200": "h100"}  # same NVLink 4 / NVSwitch; a single GPU measures no collective
 DEFAULT_PROFILES = Path(__file__).resolve().parents[2] / "shared" / "profiles"
 
@@ -94,7 +95,8 @@ def load_mlp(profiles: Path, measured: Path | None = MEASURED_PROFILES
                          int(r.vocab_size))
         out.append((gpu, name, spec, d))
     if not out:
-        raise FileNotFoundError(f"no vidur/mlp__*.csv.gz under {profiles}")
+        raise FileNotFoundError(f"no vidur/mlp__*.csv.gz under {profiles} and no measured "
+                                f"<gpu>/mlp__*.csv.gz under {measured}")
     return out
 
 
@@ -107,6 +109,9 @@ def load_net(profiles: Path) -> pd.DataFrame:
             "family": topo.split("_")[0], "topology": topo, "collective": coll,
             "n": d.num_workers, "per_node": d.devices_per_node, "size": d["size"].astype(float),
             "t": d[f"time_stats.{coll}.median"] * 1e-3}))
+    if not frames:
+        return pd.DataFrame(columns=["family", "topology", "collective", "n", "per_node",
+                                     "size", "t"])
     return pd.concat(frames, ignore_index=True)
 
 
@@ -163,11 +168,23 @@ def fit_compute(gpu, train) -> dict:
     return out
 
 
-def fit(profiles: Path, measured: Path | None = MEASURED_PROFILES) -> dict:
+def fit(profiles: Path, measured: Path | None = MEASURED_PROFILES,
+        base: Path = BUILTIN_COEFFICIENTS) -> dict:
     """Fit every family found in ``profiles`` (Vidur's) and ``measured`` (the project's);
-    returns the coefficients JSON dict."""
+    returns the coefficients JSON dict. Without Vidur's profiles (a GPU machine with only
+    its own measurements), the families they would give are kept as ``base`` has them,
+    with their recorded errors, and the measured ones are fitted on top."""
     mlp, net = load_mlp(profiles, measured), load_net(profiles)
     families: dict[str, dict] = {}
+    kept_errors: list[dict] = []
+    if not (profiles / "vidur").is_dir():
+        old = json.loads(base.read_text())
+        measured_mlp = {gpu for gpu, *_ in mlp}
+        families = {fam: f for fam, f in old["families"].items() if fam not in measured_mlp}
+        # their op and network errors as recorded; the attention and layer rows of the
+        # measured profiles are recomputed below
+        kept_errors = [e for e in old.get("errors", []) if e["gpu"] in families
+                       and e["group"] not in MEASURED_GROUPS]
     for fam in sorted({gpu for gpu, *_ in mlp}):
         train = [(spec, d) for g, name, spec, d in mlp if g == fam and name in TRAIN_MODELS]
         families[fam] = fit_compute(get_gpu(fam), train) | {"all_reduce": {}, "send_recv": {}}
@@ -215,11 +232,12 @@ def fit(profiles: Path, measured: Path | None = MEASURED_PROFILES) -> dict:
         "per_iteration_overhead_note": "assumed, not fitted: CPU-side step cost is not in "
                                        "the operator profiles",
         "attention_causal_factor": ATTENTION_CAUSAL_FACTOR,
-        "attention_note": "families without an attention profile (a100, h100): roofline "
-                          "with the matmul efficiencies",
+        "attention_note": "families without an attention profile ("
+                          + ", ".join(sorted(f for f in families if "attention" not in families[f]))
+                          + "): roofline with the matmul efficiencies",
         "families": families,
     }
-    out["errors"] = evaluate(Coefficients.from_dict(out), mlp, net, measured)
+    out["errors"] = kept_errors + evaluate(Coefficients.from_dict(out), mlp, net, measured)
     return out
 
 

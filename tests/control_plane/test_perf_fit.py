@@ -139,3 +139,19 @@ def test_errors_and_fit_reproduce_from_profiles():
     for name, fam in refit["families"].items():
         for k, v in fam["gemm"].items():
             assert v == pytest.approx(RAW["families"][name]["gemm"][k], rel=1e-3)
+
+
+def test_fit_without_vidurs_profiles_keeps_their_families(tmp_path):
+    """On a GPU machine with only its own measurements (no ../shared/profiles), the fit
+    must not fail: the Vidur-fitted families are kept as committed, the measured ones
+    refitted; here that reproduces the committed file."""
+    from sagellm.perf_fit import main
+
+    out = tmp_path / "coeffs.json"
+    assert main(["--profiles", str(tmp_path / "no-such-folder"), "--out", str(out)]) == 0
+    refit = json.loads(out.read_text())
+    assert refit["families"] == RAW["families"]
+    assert sorted(map(json.dumps, refit["errors"])) == sorted(map(json.dumps, RAW["errors"]))
+    with pytest.raises(FileNotFoundError, match="no measured <gpu>/mlp"):
+        main(["--profiles", str(tmp_path / "none"), "--measured", str(tmp_path / "none"),
+              "--out", str(out)])
