@@ -60,6 +60,7 @@ from sagellm.perf_fit_measured import (
     layer_errors,
     load_kind,
     measured_families,
+    skipped_folders,
 )
 
 __all__ = ["evaluate", "fit", "fit_compute", "load_mlp", "load_net", "main"]
@@ -312,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
                          "(default: the project's control_plane/perf/data/gpu_profiles)")
     ap.add_argument("--out", type=Path, default=BUILTIN_COEFFICIENTS)
     args = ap.parse_args(argv)
+    for name, why in skipped_folders(args.measured):
+        print(f"not fitted: {args.measured / name}: {why}")
     out = fit(args.profiles, args.measured)
     args.out.write_text(json.dumps(out, indent=1) + "\n")
     for e in out["errors"]:

@@ -36,7 +36,7 @@ from control_plane.perf.roofline import RooflinePredictor
 from sagellm.perf_fit_math import error_stats, minimise, round6
 
 __all__ = ["MEASURED_PROFILES", "attention_errors", "fit_attention", "layer_errors",
-           "load_kind", "measured_families"]
+           "load_kind", "measured_families", "skipped_folders"]
 
 MEASURED_PROFILES = Path(__file__).resolve().parents[1] / "control_plane" / "perf" / "data" \
     / "gpu_profiles"
@@ -45,15 +45,27 @@ MEASURED_PROFILES = Path(__file__).resolve().parents[1] / "control_plane" / "per
 def measured_families(root: Path = MEASURED_PROFILES) -> list[str]:
     """The folders of ``root`` named after a built-in GPU (``h200``, ...): those are
     fitted; others (``h200-eager``: kept for reference) are not."""
+    return [name for name, why in _folders(root) if why is None]
+
+
+def skipped_folders(root: Path = MEASURED_PROFILES) -> list[tuple[str, str]]:
+    """(folder, why) for each folder of ``root`` that holds profiles but is not fitted."""
+    return [(name, why) for name, why in _folders(root)
+            if why is not None and any((root / name).glob("*__*.csv*"))]
+
+
+def _folders(root: Path) -> list[tuple[str, str | None]]:
     if not root.is_dir():
         return []
     out = []
     for d in sorted(p for p in root.iterdir() if p.is_dir()):
         try:
-            if get_gpu(d.name).name == d.name:
-                out.append(d.name)
+            known = get_gpu(d.name).name == d.name
         except ConfigError:
-            continue
+            known = False
+        out.append((d.name, None if known else
+                    "not named after a built-in GPU (control_plane/perf/hardware.py GPUS: "
+                    "add its GPUSpec to fit it)"))
     return out
 
 

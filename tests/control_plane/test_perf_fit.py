@@ -155,3 +155,18 @@ def test_fit_without_vidurs_profiles_keeps_their_families(tmp_path):
     with pytest.raises(FileNotFoundError, match="no measured <gpu>/mlp"):
         main(["--profiles", str(tmp_path / "none"), "--measured", str(tmp_path / "none"),
               "--out", str(out)])
+
+
+def test_folders_that_are_not_fitted_are_named(tmp_path):
+    """A measured folder named after no built-in GPU is not fitted, and perf_fit says so
+    (silently dropping a user's profiles would look like a successful fit)."""
+    from sagellm.perf_fit_measured import measured_families, skipped_folders
+
+    (tmp_path / "h200").mkdir()
+    (tmp_path / "h200" / "mlp__h200__x__y.csv.gz").write_bytes(b"")
+    (tmp_path / "rtx-4090").mkdir()
+    (tmp_path / "rtx-4090" / "mlp__rtx-4090__x__y.csv.gz").write_bytes(b"")
+    (tmp_path / "notes").mkdir()  # no profiles in it: not worth a word
+    assert measured_families(tmp_path) == ["h200"]
+    assert [name for name, _ in skipped_folders(tmp_path)] == ["rtx-4090"]
+    assert "add its GPUSpec" in skipped_folders(tmp_path)[0][1]
