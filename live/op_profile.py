@@ -209,11 +209,22 @@ def gpu_family(device: torch.device) -> str:
     """``h100``, ``h200``, ``a100``, ... from the device's name; ``cpu`` on a CPU."""
     if device.type != "cuda":
         return "cpu"
-    name = torch.cuda.get_device_name(device).lower()
-    for known in ("h200", "h100", "a100", "l40s", "a10g", "l4"):
+    return family_of(torch.cuda.get_device_name(device))
+
+
+def family_of(device_name: str) -> str:
+    """The built-in GPU name for a CUDA device name (``NVIDIA H200`` -> ``h200``); PCIe and
+    NVL variants, whose memory bandwidth differs from the SXM part's spec, and unknown GPUs
+    keep their full name (``nvidia-h100-pcie``), which ``sagellm.perf_fit`` does not fit
+    until a GPUSpec of that name exists."""
+    name = device_name.lower()
+    full = "-".join("".join(c if c.isalnum() else " " for c in name).split())
+    if "pcie" in name or "nvl" in name:
+        return full
+    for known in ("h200", "h100", "a100", "l40s"):
         if known in name:
             return known
-    return "".join(c if c.isalnum() else "-" for c in name).strip("-")
+    return full
 
 
 def _ints(text: str) -> tuple[int, ...]:

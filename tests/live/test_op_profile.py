@@ -111,3 +111,16 @@ def test_calibrate_ops_command_runs_the_profiler_within_its_budget(tmp_path, tor
     mlp = pd.read_csv(out / "mlp__cpu__meta-llama__Meta-Llama-3-8B.csv")
     assert 1 <= len(mlp) < 19 and (mlp.num_tensor_parallel_workers == 8).all()
     assert (mlp.n_kv_head == 8).all() and (mlp.vocab_size == 128256).all()
+
+
+def test_device_names_map_to_built_in_gpus_only_when_the_spec_fits(torch_python):
+    """A PCIe or NVL part has other bandwidths than the SXM spec of its name: its files must
+    not land in the folder the SXM family is fitted from."""
+    names = ["NVIDIA H200", "NVIDIA H100 80GB HBM3", "NVIDIA H100 PCIe", "NVIDIA H100 NVL",
+             "NVIDIA A100-SXM4-80GB", "NVIDIA A100 80GB PCIe", "NVIDIA L4"]
+    code = ("import json, sys; from live.op_profile import family_of; "
+            "print(json.dumps([family_of(n) for n in json.loads(sys.argv[1])]))")
+    r = subprocess.run([torch_python, "-c", code, json.dumps(names)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120, check=True)
+    assert json.loads(r.stdout) == ["h200", "h100", "nvidia-h100-pcie", "nvidia-h100-nvl",
+                                    "a100", "nvidia-a100-80gb-pcie", "nvidia-l4"]
