@@ -121,7 +121,7 @@ def _free_port() -> int:
 @click.option("--model", "model_dir",
               help="--launch: serve this model folder instead of --size; --ops: the model "
                    "(a built-in name or a Hugging Face config.json).")
-@click.option("--tp", default="1,2,4,8", show_default=True,
+@click.option("--tp", default="1,2,4,8", show_default=True, callback=_ints,
               help="--ops: tensor-parallel shards to profile.")
 @click.option("--python", "python",
               help="--ops: interpreter with torch [default: this one if it has torch, else "

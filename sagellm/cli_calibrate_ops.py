@@ -36,16 +36,21 @@ def torch_python(python: str | None) -> str:
     return str(env.python)
 
 
-def run_ops(out: str, model: str | None, tp: str, gpu: str | None, python: str | None,
-            budget: float | None, fuse: bool, echo=click.echo) -> int:
+def run_ops(out: str, model: str | None, tp: tuple[int, ...], gpu: str | None,
+            python: str | None, budget: float | None, fuse: bool, echo=click.echo) -> int:
     if not model:
         raise click.UsageError("--ops needs --model: a built-in model name (e.g. llama-3-8b) "
                                "or a Hugging Face config.json")
     try:
-        get_model(model)
+        spec = get_model(model)
     except ConfigError as exc:
         raise click.BadParameter(str(exc), param_hint="--model") from exc
-    cmd = [torch_python(python), "-m", "live.op_profile", "--model", model, "--tp", tp,
+    bad = [t for t in tp if spec.heads % t]
+    if bad:
+        raise click.BadParameter(f"{','.join(map(str, bad))}: a shard count must divide "
+                                 f"{spec.name}'s {spec.heads} attention heads", param_hint="--tp")
+    cmd = [torch_python(python), "-m", "live.op_profile", "--model", model,
+           "--tp", ",".join(map(str, tp)),
            "--out", out, "--gpu-name", gpu or "auto"]
     if fuse:
         cmd.append("--fuse")
