@@ -71,8 +71,9 @@ SOURCE = ("Vidur operator profiles, microsoft/vidur commit "
 TRAIN_MODELS = ("Llama-2-7b-hf", "Llama-2-70b-hf")
 PER_ITERATION_OVERHEAD_S = 0.001  # not in the operator profiles: assumption until calibrated
 ATTENTION_CAUSAL_FACTOR = 0.5
-MEASURED_SOURCE = ("H200 operator, attention and layer profiles measured with live/op_profile.py "
-                   "on 2026-11-27 (control_plane/perf/data/gpu_profiles/h200, see its README)")
+MEASURED_SOURCE = ("H200 operator, attention and layer profiles and H100 attention and layer "
+                   "profiles measured with live/op_profile.py on 2026-11-27 "
+                   "(control_plane/perf/data/gpu_profiles, see its README)")
 MEASURED_GROUPS = ("attn_prefill", "attn_decode", "attn_kv_cache_save", "layer")
 NETWORK_FROM = {"h200": "h100"}  # same NVLink 4 / NVSwitch; a single GPU measures no collective
 DEFAULT_PROFILES = Path(__file__).resolve().parents[2] / "shared" / "profiles"

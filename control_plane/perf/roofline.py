@@ -15,7 +15,7 @@ with the operator formulas of :mod:`control_plane.perf.ops` and the coefficients
   (causal_factor 0.5: exact for a fresh prompt, low for late chunks of a long one);
   decode reads ``2 * kvg * d * b`` bytes and does ``4 * hq * d`` FLOPs per context token,
   a cost exactly linear in ``decode_context``; writing new K/V moves ``4 * kvg * d * b``
-  bytes per token. A family with a measured attention profile (``h200``) prices these
+  bytes per token. A family with a measured attention profile (``h100``, ``h200``) prices these
   with its fitted flash-attention coefficients (prefill ``launch + flops / (P * eff) +
   per_token * tokens``, decode ``launch + kv_bytes / (W * eff)``, KV write as an
   element-wise op); the others with the matmul roofline and its efficiencies.

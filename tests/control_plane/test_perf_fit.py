@@ -31,7 +31,7 @@ NETWORK = (0.15, 0.35)
 
 def test_provenance():
     assert "microsoft/vidur commit 7d47513363ec447a741ac5e47241580b47724fbf" in RAW["source"]
-    assert "gpu_profiles/h200" in RAW["source"]
+    assert "live/op_profile.py" in RAW["source"] and "gpu_profiles" in RAW["source"]
     assert "MIT License" in RAW["source"] and "data/profiling" in RAW["source"]
     dt.date.fromisoformat(RAW["fit_date"])
     assert RAW["train_models"] == ["Llama-2-7b-hf", "Llama-2-70b-hf"]
