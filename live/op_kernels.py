@@ -19,8 +19,8 @@ from control_plane.perf.models import ModelSpec
 from live.op_timer import copies_for
 
 __all__ = ["KERNELS", "Shard", "Weights", "decode_attention", "fuse_elementwise", "gated_silu",
-           "kv_copies", "kv_save", "layer_forward", "mlp_closures", "prefill_attention", "rand",
-           "rms_norm", "rope"]
+           "kv_copies", "kv_save", "layer_forward", "mlp_closures", "n_copies",
+           "prefill_attention", "rand", "rms_norm", "rope"]
 
 
 class Shard:
@@ -35,6 +35,15 @@ class Shard:
         self.kvg = max(1, model.kv_heads // tp)  # KV heads are replicated when tp > kv_heads
         self.i = model.intermediate // tp
         self.vocab = model.vocab // tp
+
+    def kv_bytes(self, tokens: int, dtype) -> int:
+        """Bytes of K and V for ``tokens`` context tokens of this shard (one layer)."""
+        return 2 * tokens * self.kvg * self.d * dtype.itemsize
+
+
+def n_copies(nbytes: float, inner: int, device: torch.device) -> int:
+    """Copies to rotate over: enough to exceed the L2 cache on a GPU, one on a CPU."""
+    return copies_for(nbytes, inner) if device.type == "cuda" else 1
 
 
 class Weights:
@@ -53,15 +62,13 @@ class Weights:
         self.norm = self.rand(h)
 
     def rand(self, *shape: int) -> torch.Tensor:
-        return torch.empty(*shape, device=self.dev, dtype=self.dt).normal_(0, 0.02,
-                                                                           generator=self.gen)
+        return rand(self.gen, self.dt, *shape, std=0.02)
 
     def copies(self, inner: int, *shape: int) -> list[torch.Tensor]:
         n = self.dt.itemsize
         for v in shape:
             n *= v
-        k = copies_for(n, inner) if self.dev.type == "cuda" else 1
-        return [self.rand(*shape) for _ in range(k)]
+        return [self.rand(*shape) for _ in range(n_copies(n, inner, self.dev))]
 
 
 def mlp_closures(w: Weights, tokens: int) -> dict[str, list[Callable[[], object]]]:
@@ -118,15 +125,13 @@ def fuse_elementwise() -> None:
         KERNELS[name] = torch.compile(fn, dynamic=True, fullgraph=True)
 
 
-
 def rand(gen: torch.Generator, dtype, *shape: int, std: float = 1.0) -> torch.Tensor:
     return torch.empty(*shape, device=gen.device, dtype=dtype).normal_(0, std, generator=gen)
 
 
 def kv_copies(s: Shard, batch: int, context: int, dtype, inner: int, gen):
     """Rotating (k, v) copies of ``batch`` sequences x ``context`` tokens (B, kvg, L, d)."""
-    nbytes = 2 * batch * context * s.kvg * s.d * dtype.itemsize
-    k = copies_for(nbytes, inner) if gen.device.type == "cuda" else 1
+    k = n_copies(s.kv_bytes(batch * context, dtype), inner, gen.device)
     return [(rand(gen, dtype, batch, s.kvg, context, s.d),
              rand(gen, dtype, batch, s.kvg, context, s.d)) for _ in range(k)]
 
@@ -151,7 +156,6 @@ def kv_save(s: Shard, tokens: int, dtype, gen):
     new = rand(gen, dtype, 2, tokens, s.kvg * s.d)
     idx = torch.randperm(slots, device=gen.device, generator=gen)[:tokens]
     return lambda: cache.index_copy_(1, idx, new)
-
 
 
 def layer_forward(s: Shard, prefill: int, seqs: int, context: int, dtype, gen):

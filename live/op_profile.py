@@ -122,7 +122,7 @@ def profile_attention(model: ModelSpec, tps, prefill, batches, contexts, device,
             for L in contexts:
                 if time.monotonic() > deadline:
                     return rows
-                if 2 * b * L * s.kvg * s.d * dtype.itemsize > KV_CAP_BYTES:
+                if s.kv_bytes(b * L, dtype) > KV_CAP_BYTES:
                     continue
                 q = rand(gen, dtype, b, s.hq, 1, s.d)
                 fns = [lambda q=q, k=k, v=v: decode_attention(q, k, v)

@@ -56,7 +56,9 @@ from sagellm.perf_fit_math import error_stats, minimise, round6
 from sagellm.perf_fit_measured import (
     MEASURED_PROFILES,
     attention_errors,
+    by_split,
     fit_attention,
+    gpu_and_model,
     layer_errors,
     load_kind,
     measured_families,
@@ -89,7 +91,7 @@ def load_mlp(profiles: Path, measured: Path | None = MEASURED_PROFILES
             files += sorted((measured / fam).glob("mlp__*.csv.gz"))
     out = []
     for f in files:
-        _, gpu, _org, name = f.name[: -len(".csv.gz")].split("__")
+        gpu, name = gpu_and_model(f)
         d = pd.read_csv(f)
         r = d.iloc[0]
         spec = ModelSpec(name, 1, int(r.n_embd), int(r.n_head), int(r.n_kv_head),
@@ -246,13 +248,9 @@ def fit(profiles: Path, measured: Path | None = MEASURED_PROFILES,
 def _mlp_errors(coeffs: Coefficients, mlp, fam: str, coeff_family: str) -> list[dict]:
     fc = coeffs.families[coeff_family]
     rows = []
-    for split in ("train", "held_out"):
+    for split, models, sel in by_split(mlp, fam, TRAIN_MODELS):
         rel: dict[str, list] = {"gemm": [], "elementwise": [], "layer_sum": []}
-        models = []
-        for g, name, spec, d in mlp:
-            if g != fam or (name in TRAIN_MODELS) != (split == "train"):
-                continue
-            models.append(name)
+        for _g, _name, spec, d in sel:
             for tp, grp in d.groupby("num_tensor_parallel_workers"):
                 pred = layer_op_times(spec, int(tp), grp.num_tokens.to_numpy(float),
                                       get_gpu(fam), fc)
@@ -263,10 +261,9 @@ def _mlp_errors(coeffs: Coefficients, mlp, fam: str, coeff_family: str) -> list[
                     rel[key].append(pred[op] / meas[op] - 1)
                 rel["layer_sum"].append(sum(pred[op] for op in LAYER_OPS)
                                         / sum(meas.values()) - 1)
-        if models:
-            for group, parts in rel.items():
-                rows.append({"gpu": fam, "coeffs": coeff_family, "group": group,
-                             "split": split, "models": models} | error_stats(np.concatenate(parts)))
+        for group, parts in rel.items():
+            rows.append({"gpu": fam, "coeffs": coeff_family, "group": group,
+                         "split": split, "models": models} | error_stats(np.concatenate(parts)))
     return rows
 
 

@@ -35,8 +35,8 @@ from control_plane.perf.parallel import ParallelConfig
 from control_plane.perf.roofline import RooflinePredictor
 from sagellm.perf_fit_math import error_stats, minimise, round6
 
-__all__ = ["MEASURED_PROFILES", "attention_errors", "fit_attention", "layer_errors",
-           "load_kind", "measured_families", "skipped_folders"]
+__all__ = ["MEASURED_PROFILES", "attention_errors", "by_split", "fit_attention",
+           "gpu_and_model", "layer_errors", "load_kind", "measured_families", "skipped_folders"]
 
 MEASURED_PROFILES = Path(__file__).resolve().parents[1] / "control_plane" / "perf" / "data" \
     / "gpu_profiles"
@@ -69,15 +69,27 @@ def _folders(root: Path) -> list[tuple[str, str | None]]:
     return out
 
 
+def gpu_and_model(path: Path) -> tuple[str, str]:
+    """(gpu, model) of a profile file named ``<kind>__<gpu>__<org>__<model>.csv.gz`` (the
+    naming of Vidur's files and of ``live/op_profile.py``'s)."""
+    _, gpu, _org, name = path.name[: -len(".csv.gz")].split("__")
+    return gpu, name
+
+
 def load_kind(root: Path, kind: str) -> list[tuple[str, str, pd.DataFrame]]:
     """(gpu, model name as in the file name, rows) of every ``<kind>__*.csv.gz`` of the
     fitted families under ``root``."""
-    out = []
-    for fam in measured_families(root):
-        for f in sorted((root / fam).glob(f"{kind}__*.csv.gz")):
-            _, gpu, _org, name = f.name[: -len(".csv.gz")].split("__")
-            out.append((gpu, name, pd.read_csv(f)))
-    return out
+    return [(*gpu_and_model(f), pd.read_csv(f)) for fam in measured_families(root)
+            for f in sorted((root / fam).glob(f"{kind}__*.csv.gz"))]
+
+
+def by_split(rows, fam: str, train_models):
+    """(split, model names, rows) for ``train`` and ``held_out`` (each that has rows) of the
+    GPU ``fam``; ``rows`` are tuples beginning (gpu, model name, ...)."""
+    for split in ("train", "held_out"):
+        sel = [r for r in rows if r[0] == fam and (r[1] in train_models) == (split == "train")]
+        if sel:
+            yield split, [r[1] for r in sel], sel
 
 
 def _spec(key: tuple[int, ...]) -> ModelSpec:
@@ -136,14 +148,10 @@ def attention_errors(coeffs: Coefficients, rows, train_models) -> list[dict]:
     ``attn_prefill``, ``attn_decode``, ``attn_kv_cache_save`` per GPU and split."""
     out = []
     for fam in sorted({g for g, *_ in rows}):
-        for split in ("train", "held_out"):
+        for split, models, sel in by_split(rows, fam, train_models):
             rel: dict[str, list[float]] = {"attn_prefill": [], "attn_decode": [],
                                            "attn_kv_cache_save": []}
-            models = []
-            for g, name, d in rows:
-                if g != fam or (name in train_models) != (split == "train"):
-                    continue
-                models.append(name)
+            for _g, _name, d in sel:
                 preds: dict[tuple, RooflinePredictor] = {}
                 for row in d.to_dict("records"):
                     tp = int(row["num_tensor_parallel_workers"])
@@ -162,10 +170,9 @@ def attention_errors(coeffs: Coefficients, rows, train_models) -> list[dict]:
                     for part in (op, "kv_cache_save"):
                         meas = row[f"time_stats.attn_{part}.median"] * 1e-3
                         rel[f"attn_{part}"].append(parts[part] / meas - 1)
-            if models:
-                for group, vals in rel.items():
-                    out.append({"gpu": fam, "coeffs": fam, "group": group, "split": split,
-                                "models": models} | error_stats(np.asarray(vals)))
+            for group, vals in rel.items():
+                out.append({"gpu": fam, "coeffs": fam, "group": group, "split": split,
+                            "models": models} | error_stats(np.asarray(vals)))
     return out
 
 
@@ -179,12 +186,9 @@ def layer_errors(coeffs: Coefficients, rows, train_models,
         gpu = get_gpu(fam)
         if coeff_family is not None:
             gpu = dataclasses.replace(gpu, family=coeff_family)
-        for split in ("train", "held_out"):
-            rel, models = [], []
-            for g, name, d in rows:
-                if g != fam or (name in train_models) != (split == "train"):
-                    continue
-                models.append(name)
+        for split, models, sel in by_split(rows, fam, train_models):
+            rel = []
+            for _g, _name, d in sel:
                 for row in d.to_dict("records"):
                     par = ParallelConfig(tp=int(row["num_tensor_parallel_workers"]))
                     pred = RooflinePredictor(get_model(row["model"]), gpu, par, coeffs)
@@ -192,7 +196,6 @@ def layer_errors(coeffs: Coefficients, rows, train_models,
                     batch = Batch(prefill_tokens=p, prefill_attention=p * p, decode_seqs=s,
                                   decode_context=s * int(row["decode_context"]))
                     rel.append(pred.layer_s(batch) / (row["time_stats.layer.median"] * 1e-3) - 1)
-            if models:
-                out.append({"gpu": fam, "coeffs": coeff_family or fam, "group": "layer",
-                            "split": split, "models": models} | error_stats(np.asarray(rel)))
+            out.append({"gpu": fam, "coeffs": coeff_family or fam, "group": "layer",
+                        "split": split, "models": models} | error_stats(np.asarray(rel)))
     return out

@@ -129,14 +129,17 @@ class RooflinePredictor:
         self._pf_flops_per_pair = 4.0 * self._hq * d * self.coeffs.attention_causal_factor
         self._pf_bytes_per_tok = b * (2 * self._hq * d + 2 * self._kvg * d)
         kv_bytes = 2.0 * self._kvg * d * b  # K and V of one token, one layer
+        self._pf_fitted: tuple[float, float] | None = None  # (s per FLOP, s per token)
         if at is not None:
             self._pf_launch, self._dec_launch = at.prefill_launch_s, at.decode_launch_s
+            self._pf_fitted = (1.0 / (g.bf16_flops * at.prefill_eff_compute),
+                               at.prefill_per_token_s)
             self._dec_per_ctx = kv_bytes / (w * at.decode_eff_mem)
         else:
             self._pf_launch = self._dec_launch = gc.launch_s
             self._dec_per_ctx = roof_s(4.0 * self._hq * d, kv_bytes, g, gc)
         save = fc.elementwise.get("attn_kv_cache_save")
-        if at is not None and save is not None:
+        if save is not None:
             self._kv_launch, self._kv_write = save.launch_s, 2 * kv_bytes / (w * save.eff_mem)
         else:
             self._kv_launch, self._kv_write = 0.0, 2 * kv_bytes / (w * gc.eff_mem)
@@ -196,10 +199,9 @@ class RooflinePredictor:
         prefill = decode = 0.0
         if p:
             flops = self._pf_flops_per_pair * batch.prefill_attention
-            at = self.fc.attention
-            if at is not None:
-                t = (flops / (self.gpu.bf16_flops * at.prefill_eff_compute)
-                     + at.prefill_per_token_s * p)
+            if self._pf_fitted is not None:
+                per_flop, per_tok = self._pf_fitted
+                t = flops * per_flop + per_tok * p
             else:
                 t = roof_s(flops, self._pf_bytes_per_tok * p, self.gpu, self.fc.gemm)
             prefill = self._pf_launch + t
