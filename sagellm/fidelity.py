@@ -240,8 +240,11 @@ def target_report(runs: Sequence[dict], targets: dict[str, float]) -> dict:
     ``router``, ``err`` and ``live_spread``, as the fidelity report writes them) miss:
     ``targets_met``, ``target_failures`` (one line per miss, with the live replays' own
     spread), ``failures_beyond_live_spread`` (the misses whose error also exceeds that
-    spread) and ``live_spread_max`` (per figure, over the runs; None without repeats)."""
-    fails, beyond = [], []
+    spread), ``failures_within_sampling`` (the misses whose bootstrap interval, a run's
+    ``err_ci90`` from :func:`sagellm.fidelity_stats.error_intervals`, reaches into the
+    target: another sample of the trace could have met it) and ``live_spread_max`` (per
+    figure, over the runs; None without repeats)."""
+    fails, beyond, sampling = [], [], []
     for r in runs:
         for k, lim in targets.items():
             err, spread = r["err"][k], r["live_spread"][k]
@@ -251,6 +254,11 @@ def target_report(runs: Sequence[dict], targets: dict[str, float]) -> dict:
                     f"{lim * 100:g}%")
             if np.isfinite(spread):
                 line += f" (live replays differ by {spread * 100:.1f}%)"
+            lo, hi = r.get("err_ci90", {}).get(k, (float("nan"), float("nan")))
+            if np.isfinite(lo) and np.isfinite(hi):
+                line += f" (90% interval {lo * 100:+.1f}%..{hi * 100:+.1f}%)"
+                if lo <= lim and hi >= -lim:
+                    sampling.append(line)
             fails.append(line)
             if not err <= spread:
                 beyond.append(line)
@@ -258,7 +266,7 @@ def target_report(runs: Sequence[dict], targets: dict[str, float]) -> dict:
                    if np.isfinite(r["live_spread"].get(k, np.nan))]
                for k in FIELDS}
     return {"targets_met": not fails, "target_failures": fails,
-            "failures_beyond_live_spread": beyond,
+            "failures_beyond_live_spread": beyond, "failures_within_sampling": sampling,
             "live_spread_max": {k: round(max(v), 6) for k, v in spreads.items() if v} or None}
 
 
