@@ -33,7 +33,12 @@ The live figures pool the replays, and the simulated ones pool their simulations
 way; ``runs[].live_spread`` is how much a replay differs
 from the first one (the same requests on the same engines): the live system's own
 run-to-run spread, against which ``failures_beyond_live_spread`` lists the target misses
-that exceed it. ``runs[].err_ci90`` gives, per latency figure, the 90 % bootstrap interval
+that exceed it. ``runs[].err_speed_band``: the signed errors with every engine simulated
+``--speed-band`` (default 3 %, the median change between consecutive speed checks here)
+faster and slower than checked; ``failures_within_speed_band`` lists the misses that
+speed range reaches into the target (near capacity the latencies move several times as
+much as the speed: at load 0.8 of the 600-request default, 3 % of speed moved the e2e
+median by about 20 %). ``runs[].err_ci90`` gives, per latency figure, the 90 % bootstrap interval
 of the signed error ``sim / live - 1`` (the requests drawn again, :mod:`sagellm.fidelity_stats`),
 ``failures_within_sampling`` the misses whose interval reaches into the target, and
 ``runs[].err_paired`` the median over requests of each request's ``sim / live - 1`` (TTFT,
@@ -101,6 +106,7 @@ from sagellm.fidelity import (  # noqa: E402
     rel_errors,
     repeat_spread,
     routing_agreement,
+    signed_errors,
     sim_instances,
     sim_run,
     target_report,
@@ -291,7 +297,7 @@ def run(args) -> dict:
                               *folder.glob("source=sim-*.parquet")):
                     stale.unlink()   # from an earlier run with more replays
                 checks = [asyncio.run(_speed_checks(urls, insts))] if args.speed_check else []
-                replays, sims, engine_side, cpu, ids = [], [], [], [], []
+                replays, sims, engine_side, cpu, ids, speeds = [], [], [], [], [], []
                 simulate = functools.partial(
                     sim_run, router=router, network_delay_s=delay,
                     scrape_interval_s=args.scrape_interval,
@@ -313,6 +319,7 @@ def run(args) -> dict:
                         checks.append(asyncio.run(_speed_checks(urls, insts)))
                         run_insts = _at_speed(insts, checks[-2:])
                     simulated = simulate(again, run_insts)
+                    speeds.append((again, run_insts))
                     write_records(out, load, router, source.replace("live", "sim"),
                                   simulated.records)
                     sims.append(simulated)
@@ -326,10 +333,15 @@ def run(args) -> dict:
                       for x, i in zip(sims, ids, strict=True)]
                 ci, paired = error_intervals(la, sa), paired_errors(la, sa)
                 extra = {}
+                if args.speed_band:   # the same replays with every engine f x as slow
+                    extra["err_speed_band"] = {f"{f:g}": _round(signed_errors(pooled_figures([
+                        simulate(a, [dataclasses.replace(i, predictor=i.predictor.scaled(f, f))
+                                     for i in ri]).records for a, ri in speeds]), fl))
+                        for f in (1 - args.speed_band, 1 + args.speed_band)}
                 if checks:   # the profile as measured, without the speed checks
-                    extra = {"speed": _speed_report(checks, names),
-                             "err_profile_speed": _round(rel_errors(
-                                 figures(simulate(reqs, insts).records), fl))}
+                    extra.update(speed=_speed_report(checks, names),
+                                 err_profile_speed=_round(rel_errors(
+                                     figures(simulate(reqs, insts).records), fl)))
                 runs.append({"load": load, "router": router, "rate_per_s": round(rate, 4),
                              "live": _round(fl), "sim": _round(fs), "err": _round(err),
                              "err_ci90": {k: [round(v, 6) for v in lh] for k, lh in ci.items()},
@@ -411,6 +423,11 @@ def main() -> int:
                     "around it (this machine drifts by up to a quarter within an hour); "
                     "runs[].err_profile_speed: the errors without")
     ap.add_argument("--requests", type=int, default=600)
+    ap.add_argument("--speed-band", type=float, default=0.03,
+                    help="also simulate each replay with the engines this fraction faster and "
+                    "slower than checked (runs[].err_speed_band; 0: not): consecutive speed "
+                    "checks differed by a median 3 %% here, and near capacity the latencies "
+                    "move several times as much as the speed"),
     ap.add_argument("--live-repeats", type=int, default=2,
                     help="live replays of each load and router (the live figures pool them; "
                          "runs[].live_spread: how much they differ)")
@@ -428,6 +445,8 @@ def main() -> int:
     ap.add_argument("--scrape-interval", type=float, default=0.5)
     ap.add_argument("--out", default=str(ROOT / ".cache" / "fidelity"))
     args = ap.parse_args()
+    if not 0 <= args.speed_band < 1:
+        ap.error(f"--speed-band {args.speed_band}: must be in [0, 1)")
     if args.live_repeats < 1:
         ap.error(f"--live-repeats {args.live_repeats}: must be >= 1")
     result = run(args)

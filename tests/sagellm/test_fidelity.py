@@ -20,6 +20,7 @@ from sagellm.fidelity import (
     rel_errors,
     repeat_spread,
     routing_agreement,
+    signed_errors,
     sim_instances,
     sim_run,
     target_report,
@@ -179,3 +180,30 @@ def test_profile_instances_share_a_host():
     assert [i.host for i in insts] == ["box", "box"]
     assert insts[0].predictor.neighbour_decode_slowdown_decode > 0
     assert [i.host for i in sim_instances("vllm-cpu-llama-small-pinned", ["e0"], {})] == [None]
+
+
+def test_signed_errors_keep_the_direction():
+    live = {"ttft_p50": 0.2, "e2e_p50": 2.0, "throughput": 5.0}
+    err = signed_errors({"ttft_p50": 0.15, "e2e_p50": 2.2, "throughput": 5.0}, live)
+    assert err["ttft_p50"] == pytest.approx(-0.25) and err["e2e_p50"] == pytest.approx(0.1)
+    assert err["throughput"] == 0.0 and np.isnan(err["tpot_p50"])     # missing on both
+    assert rel_errors({"ttft_p50": 0.15}, live)["ttft_p50"] == pytest.approx(0.25)
+
+
+def test_target_report_lists_the_misses_the_engines_speed_band_reaches_into():
+    nan = float("nan")
+    spread = {"e2e_p50": nan, "ttft_p90": nan, "throughput": nan, "tpot_p50": nan}
+    runs = [{"load": 0.8, "router": "least_loaded", "live_spread": spread,
+             "err": {"e2e_p50": 0.35, "ttft_p90": 0.3, "throughput": 0.01},
+             # 3 % faster: 2 % under live; 3 % slower: 60 % over
+             "err_speed_band": {"0.97": {"e2e_p50": -0.02, "ttft_p90": 0.2},
+                                "1.03": {"e2e_p50": 0.6, "ttft_p90": 0.5}}}]
+    rep = target_report(runs, {"e2e_p50": 0.05, "ttft_p90": 0.15, "throughput": 0.03})
+    assert rep["target_failures"] == [
+        "load 0.8 least_loaded: e2e_p50 error 35.0% > 5% (0.97/1.03 x the checked speed: "
+        "-2.0%..+60.0%)",
+        "load 0.8 least_loaded: ttft_p90 error 30.0% > 15% (0.97/1.03 x the checked speed: "
+        "+20.0%..+50.0%)"]
+    # the band around the e2e miss reaches into +-5 %; the TTFT one stays above 15 %
+    assert rep["failures_within_speed_band"] == [rep["target_failures"][0]]
+    assert rep["failures_within_sampling"] == []
