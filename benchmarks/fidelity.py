@@ -26,8 +26,13 @@ quarter within an hour), and each replay is simulated with the profile at the me
 checks just before and after it (bracketed, as a drifting instrument is: a check before
 the replays only missed a drift during them by up to 10 %). ``runs[].speed``: per engine,
 the mean factors and every check; ``runs[].err_profile_speed``: the errors at the
-profile's own speed. Each replay's simulation is written next to it (``sim``, ``sim-2``,
-...) with the replay's request ids.
+profile's own speed. With ``--neighbour-check`` (default) each check also measures the
+engine's decode while the other engine decodes (:func:`live.speed_check.speed_check` with a
+neighbour), and the replay is simulated with the mean of those decode-by-decode slowdowns
+instead of the profile's (it drifts with the host as the speed does);
+``runs[].err_profile_neighbour``: the errors at the checked speed with the profile's
+slowdown. Each replay's simulation is written next to it (``sim``, ``sim-2``, ...) with
+the replay's request ids.
 
 The live figures pool the replays, and the simulated ones pool their simulations the same
 way; ``runs[].live_spread`` is how much a replay differs
@@ -70,6 +75,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import json
@@ -174,19 +180,24 @@ async def _live(requests, specs, urls, router, model, scrape_s):
     return res.records, await asyncio.to_thread(_snapshot, urls) - before, client_cpu
 
 
-async def _speed_checks(urls: list[str], insts) -> list:
+async def _speed_checks(urls: list[str], insts, neighbour: bool) -> list:
     """Each engine's speed against its profile now (``live.speed_check``), one at a time,
-    the others idle (vLLM's worker busy-polls for 1 s after its last iteration)."""
+    the others idle (vLLM's worker busy-polls for 1 s after its last iteration); with
+    ``neighbour``, also its decode while the next engine decodes."""
     from live.calibrate import CALIBRATION_TIMEOUTS, CalibrationConfig
     from live.client import EngineClient
     from live.speed_check import speed_check
     spin_s = CalibrationConfig().neighbour_spin_s
     out = []
-    for url, inst in zip(urls, insts, strict=True):
+    for k, (url, inst) in enumerate(zip(urls, insts, strict=True)):
         await _wait_idle(urls)
         await asyncio.sleep(spin_s + 0.2)
-        async with EngineClient(url, timeouts=CALIBRATION_TIMEOUTS) as c:
-            out.append(await speed_check(c, inst.predictor, say=lambda m: print(
+        other = urls[(k + 1) % len(urls)] if neighbour and len(urls) > 1 else None
+        async with contextlib.AsyncExitStack() as stack:
+            c = await stack.enter_async_context(EngineClient(url, timeouts=CALIBRATION_TIMEOUTS))
+            n = (await stack.enter_async_context(EngineClient(other, timeouts=CALIBRATION_TIMEOUTS))
+                 if other else None)
+            out.append(await speed_check(c, inst.predictor, neighbour=n, say=lambda m: print(
                 f"[speed] {m}", file=sys.stderr)))
     return out
 
@@ -198,21 +209,37 @@ def _mean_factors(checks: list, k: int) -> tuple[float, float]:
             float(np.mean([c[k].prefill for c in checks])))
 
 
+def _mean_decode_by_decode(checks: list, k: int) -> float | None:
+    """Engine ``k``'s mean decode slowdown next to a decoding neighbour over ``checks``
+    (None where they did not measure it)."""
+    v = [c[k].decode_by_decode for c in checks if c[k].decode_by_decode is not None]
+    return float(np.mean(v)) if v else None
+
+
 def _speed_report(checks: list, names: list[str]) -> dict:
     """``runs[].speed``: per engine, the mean factors over ``checks`` and every check."""
     out = {}
     for k, name in enumerate(names):
         decode, prefill = _mean_factors(checks, k)
+        dd = _mean_decode_by_decode(checks, k)
         out[name] = {"decode": round(decode, 4), "prefill": round(prefill, 4),
+                     **({"decode_by_decode": round(dd, 4)} if dd is not None else {}),
                      "checks": [c[k].as_dict() for c in checks]}
     return out
 
 
 def _at_speed(insts, checks: list) -> list:
     """The instances with each engine's profile scaled to the mean of ``checks`` (e.g. the
-    ones just before and after a replay)."""
-    return [dataclasses.replace(i, predictor=i.predictor.scaled(*_mean_factors(checks, k)))
-            for k, i in enumerate(insts)]
+    ones just before and after a replay), and its decode-by-decode neighbour slowdown the
+    checks' mean where they measured it."""
+    out = []
+    for k, i in enumerate(insts):
+        p = i.predictor.scaled(*_mean_factors(checks, k))
+        dd = _mean_decode_by_decode(checks, k)
+        if dd is not None:
+            p = dataclasses.replace(p, neighbour_decode_slowdown_decode=dd)
+        out.append(dataclasses.replace(i, predictor=p))
+    return out
 
 
 def _calibrate_here(urls: list[str], out: Path, budget_s: float, repeats: int) -> list[Path]:
@@ -296,7 +323,8 @@ def run(args) -> dict:
                 for stale in (*folder.glob("source=live-*.parquet"),
                               *folder.glob("source=sim-*.parquet")):
                     stale.unlink()   # from an earlier run with more replays
-                checks = [asyncio.run(_speed_checks(urls, insts))] if args.speed_check else []
+                checks = ([asyncio.run(_speed_checks(urls, insts, args.neighbour_check))]
+                          if args.speed_check else [])
                 replays, sims, engine_side, cpu, ids, speeds = [], [], [], [], [], []
                 simulate = functools.partial(
                     sim_run, router=router, network_delay_s=delay,
@@ -316,10 +344,10 @@ def run(args) -> dict:
                     cpu.append(client_cpu)
                     run_insts = insts
                     if args.speed_check:   # bracketed: the checks before and after it
-                        checks.append(asyncio.run(_speed_checks(urls, insts)))
+                        checks.append(asyncio.run(_speed_checks(urls, insts, args.neighbour_check)))
                         run_insts = _at_speed(insts, checks[-2:])
                     simulated = simulate(again, run_insts)
-                    speeds.append((again, run_insts))
+                    speeds.append((again, run_insts, checks[-2:]))
                     write_records(out, load, router, source.replace("live", "sim"),
                                   simulated.records)
                     sims.append(simulated)
@@ -336,8 +364,13 @@ def run(args) -> dict:
                 if args.speed_band:   # the same replays with every engine f x as slow
                     extra["err_speed_band"] = {f"{f:g}": _round(signed_errors(pooled_figures([
                         simulate(a, [dataclasses.replace(i, predictor=i.predictor.scaled(f, f))
-                                     for i in ri]).records for a, ri in speeds]), fl))
+                                     for i in ri]).records for a, ri, _ in speeds]), fl))
                         for f in (1 - args.speed_band, 1 + args.speed_band)}
+                if checks and args.neighbour_check:   # the checked speed, the profile's dd
+                    extra["err_profile_neighbour"] = _round(rel_errors(pooled_figures([
+                        simulate(a, [dataclasses.replace(i, predictor=i.predictor.scaled(
+                            *_mean_factors(cs, k))) for k, i in enumerate(insts)]).records
+                        for a, _, cs in speeds]), fl))
                 if checks:   # the profile as measured, without the speed checks
                     extra.update(speed=_speed_report(checks, names),
                                  err_profile_speed=_round(rel_errors(
@@ -422,12 +455,17 @@ def main() -> int:
                     "live.speed_check) and simulate each replay at the mean of the checks "
                     "around it (this machine drifts by up to a quarter within an hour); "
                     "runs[].err_profile_speed: the errors without")
+    ap.add_argument("--neighbour-check", action=argparse.BooleanOptionalAction, default=True,
+                    help="with --speed-check, also measure each engine's decode while the other "
+                    "engine decodes, and simulate the replay with that decode-by-decode "
+                    "slowdown instead of the profile's (it drifts with the host: +0 to +11 %% "
+                    "in two replays here, +15.6 %% in the profile)")
     ap.add_argument("--requests", type=int, default=600)
     ap.add_argument("--speed-band", type=float, default=0.03,
                     help="also simulate each replay with the engines this fraction faster and "
                     "slower than checked (runs[].err_speed_band; 0: not): consecutive speed "
                     "checks differed by a median 3 %% here, and near capacity the latencies "
-                    "move several times as much as the speed"),
+                    "move several times as much as the speed")
     ap.add_argument("--live-repeats", type=int, default=2,
                     help="live replays of each load and router (the live figures pool them; "
                          "runs[].live_spread: how much they differ)")

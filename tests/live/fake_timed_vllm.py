@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from control_plane.engine import SharedHostPredictor
 from control_plane.perf.base import Batch
 
 MODEL = "timed-model"
@@ -312,3 +313,26 @@ def served_in_thread(engine: TimedVllm) -> Iterator[str]:
         asyncio.run_coroutine_threadsafe(engine.stop(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
         t.join(10)
+
+
+SPIN_S = 0.3   # Neighboured fakes' "worker" spins this long after its last iteration
+
+
+class Neighboured:
+    """``base``'s iteration time, slowed as SharedHostPredictor says (``slow``: its six
+    slowdowns) by what the other fake engine (``others[0]``, filled in once it exists)
+    does when this one's iteration starts: prefilling if its iteration in progress has
+    prompt tokens, else decoding (the simulator's rule); spinning if it has none but ended
+    one less than SPIN_S ago."""
+
+    def __init__(self, base, slow, others: list) -> None:
+        self.p = SharedHostPredictor(base, slow)
+        self.others = others
+
+    def iteration_s(self, batch: Batch) -> float:
+        o = self.others[0]
+        busy = o._step_len > 0
+        prefilling = busy and o.batches[-1].prefill_tokens > 0
+        spinning = not busy and time.monotonic() - o.last_step_end < SPIN_S
+        self.p.set_neighbours(int(busy and not prefilling), int(prefilling), int(spinning))
+        return self.p.iteration_s(batch)

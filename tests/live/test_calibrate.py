@@ -4,18 +4,16 @@ whose iteration times follow a known model (the fit must recover its coefficient
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 
-from control_plane.engine import SharedHostPredictor
 from control_plane.perf.base import Batch
 from control_plane.perf.profile import FittedPredictor
 from live.calibrate import CalibrationConfig, CalibrationError, calibrate
 from live.calibrate_design import Design, EngineLimits, Probe, plan, schedule
 from live.calibrate_metrics import MissingMetricsError, parse_snapshot
 from live.client import EngineClient
-from tests.live.fake_timed_vllm import MODEL, TimedVllm
+from tests.live.fake_timed_vllm import MODEL, SPIN_S, Neighboured, TimedVllm
 from tests.live.fake_vllm import FakeVllm
 from tests.live.harness import run
 
@@ -230,35 +228,13 @@ def test_calibrate_names_missing_metrics_and_unreachable_engines():
 
 # --- the neighbour phase: two timed fakes that slow each other down ----------------------
 
-SPIN_S = 0.3   # the fakes' "worker" spins this long after its last iteration
-
-
-class _Neighboured:
-    """TRUE's iteration time, slowed as SharedHostPredictor says by what the other fake
-    engine's iteration in progress (if any) does when this one's starts: prefilling if it
-    has prompt tokens, else decoding (the simulator's rule); spinning if it has none but
-    ended one less than SPIN_S ago."""
-
-    def __init__(self, slow, others: list) -> None:
-        self.p = SharedHostPredictor(TRUE, slow)
-        self.others = others
-
-    def iteration_s(self, batch: Batch) -> float:
-        o = self.others[0]
-        busy = o._step_len > 0
-        prefilling = busy and o.batches[-1].prefill_tokens > 0
-        spinning = not busy and time.monotonic() - o.last_step_end < SPIN_S
-        self.p.set_neighbours(int(busy and not prefilling), int(prefilling), int(spinning))
-        return self.p.iteration_s(batch)
-
-
 def test_neighbour_phase_measures_how_a_busy_neighbour_slows_the_engine():
     # decode by decode, by prefill; prefill by decode, by prefill; decode, prefill by spin
     slow = (0.2, 0.3, 0.05, 0.25, 0.1, 0.08)
     box_a: list = []
     box_b: list = []
-    engine = TimedVllm(_Neighboured(slow, box_b))
-    other = TimedVllm(_Neighboured((0,) * 6, box_a))
+    engine = TimedVllm(Neighboured(TRUE, slow, box_b))
+    other = TimedVllm(Neighboured(TRUE, (0,) * 6, box_a))
     box_a.append(engine)
     box_b.append(other)
     cfg = CalibrationConfig(design=SMALL, neighbour_spin_s=SPIN_S, **FAST)

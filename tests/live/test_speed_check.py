@@ -12,7 +12,7 @@ from live.calibrate import CalibrationConfig, CalibrationError
 from live.calibrate_design import Probe
 from live.client import EngineClient
 from live.speed_check import speed_check
-from tests.live.fake_timed_vllm import TimedVllm
+from tests.live.fake_timed_vllm import SPIN_S, Neighboured, TimedVllm
 from tests.live.fake_vllm import FakeVllm
 from tests.live.harness import run
 
@@ -86,3 +86,34 @@ def test_speed_check_names_an_engine_it_cannot_probe():
     # a server without vLLM's request histograms cannot be measured: the missing one named
     with pytest.raises(CalibrationError, match="vllm:request_queue_time_seconds"):
         run(_check(FakeVllm("e0"), PROFILE, repeats=1))
+
+
+def test_speed_check_measures_the_decode_slowdown_next_to_a_decoding_neighbour():
+    # decode slowed 20 % while the other engine decodes, 10 % while it spins
+    slow = (0.2, 0.0, 0.0, 0.0, 0.1, 0.0)
+    box_a: list = []
+    box_b: list = []
+    engine = TimedVllm(Neighboured(PROFILE, slow, box_b))
+    other = TimedVllm(Neighboured(PROFILE, (0,) * 6, box_a))
+    box_a.append(engine)
+    box_b.append(other)
+    cfg = CalibrationConfig(max_batched_tokens=4096, max_num_seqs=16, decode_probe_s=0.01,
+                            background_s=0.02, neighbour_spin_s=SPIN_S)
+
+    async def main():
+        urls = [await engine.start(), await other.start()]
+        try:
+            async with EngineClient(urls[0]) as a, EngineClient(urls[1]) as b:
+                return await speed_check(a, PROFILE, cfg=cfg, repeats=3, neighbour=b)
+        finally:
+            await engine.stop()
+            await other.stop()
+    got = run(main())
+    assert got.decode_by_decode == pytest.approx(0.2, abs=0.03)
+    assert len(got.neighbour_ratios) == 3
+    # the alone probes waited out the neighbour's spin after each load (else x1.1)
+    assert got.decode == pytest.approx(1.0, rel=0.03)
+    assert got.as_dict()["decode_by_decode"] == round(got.decode_by_decode, 4)
+    # without a neighbour nothing of it is measured or reported
+    alone = run(_check(TimedVllm(PROFILE), PROFILE, repeats=1))
+    assert alone.decode_by_decode is None and "decode_by_decode" not in alone.as_dict()
