@@ -99,8 +99,8 @@ async def speed_check(client: EngineClient, predictor: FittedPredictor, *,
     if repeats < 1:
         raise ValueError(f"repeats={repeats!r}: must be >= 1")
     cfg = cfg or CalibrationConfig(max_batched_tokens=4096, max_num_seqs=16)
-    run = await probe_runner(client, cfg, say)
     n_model = (await discover(neighbour)).model_id if neighbour is not None else None
+    run = await probe_runner(client, cfg, say)
     rng = random.Random(f"speed/{cfg.seed}/{time.time_ns()}")
     decode = decode or Probe("decode", 128, min(8, run.limits.max_num_seqs))
     prefill = prefill or Probe("prefill", min(128, run.limits.max_prompt),

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from control_plane.perf.profile import FittedPredictor
 from sagellm.cli import main
-from tests.live.fake_timed_vllm import TimedVllm, served_in_thread
+from tests.live.fake_timed_vllm import Neighboured, TimedVllm, served_in_thread
 
 BUILT_IN = "vllm-cpu-llama-small-pinned"
 
@@ -59,3 +59,31 @@ def test_speed_check_names_what_is_wrong(args, code, named):
     r = CliRunner().invoke(main, ["speed-check", *args])
     assert r.exit_code == code
     assert named in r.output
+
+
+def test_speed_check_with_a_neighbour_reports_the_decode_slowdown_next_to_it():
+    base = FittedPredictor.from_file(BUILT_IN)
+    box_a: list = []
+    box_b: list = []
+    # decode 30 % slower while the other engine decodes (the profile says 15.6 %)
+    engine = TimedVllm(Neighboured(base, (0.3, 0, 0, 0, 0, 0), box_b), pace=0.25)
+    other = TimedVllm(Neighboured(base, (0,) * 6, box_a), pace=0.25)
+    box_a.append(engine)
+    box_b.append(other)
+    with served_in_thread(engine) as url, served_in_thread(other) as nurl:
+        r = CliRunner().invoke(main, ["speed-check", "--engine", url, "--profile", BUILT_IN,
+                                      "--repeats", "2", "--neighbour", nurl, "--json"])
+        assert r.exit_code == 0, r.output
+        out = json.loads(r.output)
+        assert out["decode_by_decode"] == pytest.approx(0.3, abs=0.05)
+        assert out["profile_decode_by_decode"] == pytest.approx(0.1563, abs=1e-3)
+        assert out["neighbour"] == nurl and len(out["neighbour_ratios"]) == 2
+        r = CliRunner().invoke(main, ["speed-check", "--engine", url, "--profile", BUILT_IN,
+                                      "--repeats", "1", "--neighbour", nurl])
+        assert r.exit_code == 0, r.output
+        assert "decode while the neighbour decodes: +" in r.output
+        assert "(the profile: +15.6 %)" in r.output
+        # an unreachable neighbour is named before anything is measured
+        r = CliRunner().invoke(main, ["speed-check", "--engine", url, "--profile", BUILT_IN,
+                                      "--neighbour", "http://127.0.0.1:9"])
+        assert r.exit_code == 1 and "http://127.0.0.1:9" in r.output
