@@ -41,9 +41,8 @@ run-to-run spread, against which ``failures_beyond_live_spread`` lists the targe
 that exceed it. ``runs[].err_speed_band``: the signed errors with every engine simulated
 ``--speed-band`` (default 3 %, the median change between consecutive speed checks here)
 faster and slower than checked; ``failures_within_speed_band`` lists the misses that
-speed range reaches into the target (near capacity the latencies move several times as
-much as the speed: at load 0.8 of the 600-request default, 3 % of speed moved the e2e
-median by about 20 %). ``runs[].err_ci90`` gives, per latency figure, the 90 % bootstrap interval
+speed range reaches into the target (the latencies move several times as much as the
+speed: in a run at the defaults, 3 % of speed moved the e2e median by 6-15 %). ``runs[].err_ci90`` gives, per latency figure, the 90 % bootstrap interval
 of the signed error ``sim / live - 1`` (the requests drawn again, :mod:`sagellm.fidelity_stats`),
 ``failures_within_sampling`` the misses whose interval reaches into the target, and
 ``runs[].err_paired`` the median over requests of each request's ``sim / live - 1`` (TTFT,
