@@ -43,14 +43,15 @@ that exceed it. ``runs[].err_speed_band``: the signed errors with every engine s
 faster and slower than checked; ``failures_within_speed_band`` lists the misses that speed
 range reaches into the target (the latencies move several times as much as the speed: in a
 run at the defaults, 3 % of speed moved the e2e median by 6-15 %). ``runs[].err_ci90``
-gives, per latency figure, the 90 % bootstrap interval of the signed error ``sim / live -
-1`` (the requests drawn again, :mod:`sagellm.fidelity_stats`), ``failures_within_sampling``
-the misses whose interval reaches into the target, and ``runs[].err_paired`` the median over
-requests of each request's ``sim / live - 1`` (TTFT, TPOT, end-to-end), a bias of the
-simulator free of where the quantiles fall. The default of 600 requests: with 150, the 90 %
-intervals of the e2e median's error were 10-30 points wide (bootstrap SD 3-9 %), wider than
-the 5 % target, and two live replays of the same requests differed by up to 15.7 % in their
-median while their per-request latencies differed by 1-2 %.
+gives, per latency figure, the 90 % bootstrap interval of the signed error
+``sim / live - 1`` (the requests drawn again, :mod:`sagellm.fidelity_stats`),
+``failures_within_sampling`` the misses whose interval reaches into the target, and
+``runs[].err_paired`` the median over requests of each request's ``sim / live - 1``
+(TTFT, TPOT, end-to-end), a bias of the simulator free of where the quantiles fall. The
+default of 600 requests: with 150, the 90 % intervals of the e2e median's error were 10-30
+points wide (bootstrap SD 3-9 %), wider than the 5 % target, and two live replays of the
+same requests differed by up to 15.7 % in their median while their per-request latencies
+differed by 1-2 %.
 
 Output: per-request records of both sides under ``--out`` (default ``.cache/fidelity``; the
 layout notebook 5 reads), the engines' profiles (``profiles/engine-<k>.csv``),
