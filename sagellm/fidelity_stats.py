@@ -31,6 +31,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from sagellm.fidelity import pooled_figures, signed_errors
 from sagellm.latency_cdfs import latencies
 
 __all__ = ["LATENCY_FIELDS", "aligned", "error_intervals", "error_table", "paired_errors"]
@@ -143,11 +144,12 @@ def error_table(records: pd.DataFrame, *, level: float = 0.9, draws: int = 1000,
             la.append(aligned(by[lsrc], ids))
             sa.append(aligned(by[ssrc], ids))
         ci = error_intervals(la, sa, level=level, draws=draws, seed=seed)
+        # the point errors as the fidelity report computes them
+        point = signed_errors(pooled_figures([by[b] for _, b in pairs]),
+                              pooled_figures([by[a] for a, _ in pairs]))
         row = {"load": load, "router": router, "replays": len(pairs)}
-        for field, (col, q) in LATENCY_FIELDS.items():
-            lv = np.concatenate([a[col] for a in la])
-            sv = np.concatenate([s[col] for s in sa])
-            row[field] = float(np.nanquantile(sv, q) / np.nanquantile(lv, q) - 1.0)
+        for field in LATENCY_FIELDS:
+            row[field] = point[field]
             row[f"{field}_lo"], row[f"{field}_hi"] = ci[field]
         row.update({f"paired_{k}": v for k, v in paired_errors(la, sa).items()})
         rows.append(row)
