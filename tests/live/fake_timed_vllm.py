@@ -336,3 +336,16 @@ class Neighboured:
         spinning = not busy and time.monotonic() - o.last_step_end < SPIN_S
         self.p.set_neighbours(int(busy and not prefilling), int(prefilling), int(spinning))
         return self.p.iteration_s(batch)
+
+
+def neighbour_pair(base, slow, **kw) -> tuple[TimedVllm, TimedVllm]:
+    """Two TimedVllm fakes on one "machine": the first is ``base`` slowed by ``slow`` (six
+    slowdowns, :class:`Neighboured`) by what the second does; the second runs ``base``
+    undisturbed. ``kw`` goes to both (e.g. ``pace``)."""
+    box_a: list = []
+    box_b: list = []
+    engine = TimedVllm(Neighboured(base, slow, box_b), **kw)
+    other = TimedVllm(Neighboured(base, (0,) * 6, box_a), **kw)
+    box_a.append(engine)
+    box_b.append(other)
+    return engine, other

@@ -13,7 +13,7 @@ from live.calibrate import CalibrationConfig, CalibrationError, calibrate
 from live.calibrate_design import Design, EngineLimits, Probe, plan, schedule
 from live.calibrate_metrics import MissingMetricsError, parse_snapshot
 from live.client import EngineClient
-from tests.live.fake_timed_vllm import MODEL, SPIN_S, Neighboured, TimedVllm
+from tests.live.fake_timed_vllm import MODEL, SPIN_S, TimedVllm, neighbour_pair
 from tests.live.fake_vllm import FakeVllm
 from tests.live.harness import run
 
@@ -231,12 +231,7 @@ def test_calibrate_names_missing_metrics_and_unreachable_engines():
 def test_neighbour_phase_measures_how_a_busy_neighbour_slows_the_engine():
     # decode by decode, by prefill; prefill by decode, by prefill; decode, prefill by spin
     slow = (0.2, 0.3, 0.05, 0.25, 0.1, 0.08)
-    box_a: list = []
-    box_b: list = []
-    engine = TimedVllm(Neighboured(TRUE, slow, box_b))
-    other = TimedVllm(Neighboured(TRUE, (0,) * 6, box_a))
-    box_a.append(engine)
-    box_b.append(other)
+    engine, other = neighbour_pair(TRUE, slow)
     cfg = CalibrationConfig(design=SMALL, neighbour_spin_s=SPIN_S, **FAST)
 
     async def main():

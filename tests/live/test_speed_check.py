@@ -12,7 +12,7 @@ from live.calibrate import CalibrationConfig, CalibrationError
 from live.calibrate_design import Probe
 from live.client import EngineClient
 from live.speed_check import speed_check
-from tests.live.fake_timed_vllm import SPIN_S, Neighboured, TimedVllm
+from tests.live.fake_timed_vllm import SPIN_S, TimedVllm, neighbour_pair
 from tests.live.fake_vllm import FakeVllm
 from tests.live.harness import run
 
@@ -91,12 +91,7 @@ def test_speed_check_names_an_engine_it_cannot_probe():
 def test_speed_check_measures_the_decode_slowdown_next_to_a_decoding_neighbour():
     # decode slowed 20 % while the other engine decodes, 10 % while it spins
     slow = (0.2, 0.0, 0.0, 0.0, 0.1, 0.0)
-    box_a: list = []
-    box_b: list = []
-    engine = TimedVllm(Neighboured(PROFILE, slow, box_b))
-    other = TimedVllm(Neighboured(PROFILE, (0,) * 6, box_a))
-    box_a.append(engine)
-    box_b.append(other)
+    engine, other = neighbour_pair(PROFILE, slow)
     cfg = CalibrationConfig(max_batched_tokens=4096, max_num_seqs=16, decode_probe_s=0.01,
                             background_s=0.02, neighbour_spin_s=SPIN_S)
 

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from control_plane.perf.profile import FittedPredictor
 from sagellm.cli import main
-from tests.live.fake_timed_vllm import Neighboured, TimedVllm, served_in_thread
+from tests.live.fake_timed_vllm import TimedVllm, neighbour_pair, served_in_thread
 
 BUILT_IN = "vllm-cpu-llama-small-pinned"
 
@@ -63,13 +63,8 @@ def test_speed_check_names_what_is_wrong(args, code, named):
 
 def test_speed_check_with_a_neighbour_reports_the_decode_slowdown_next_to_it():
     base = FittedPredictor.from_file(BUILT_IN)
-    box_a: list = []
-    box_b: list = []
     # decode 30 % slower while the other engine decodes (the profile says 15.6 %)
-    engine = TimedVllm(Neighboured(base, (0.3, 0, 0, 0, 0, 0), box_b), pace=0.25)
-    other = TimedVllm(Neighboured(base, (0,) * 6, box_a), pace=0.25)
-    box_a.append(engine)
-    box_b.append(other)
+    engine, other = neighbour_pair(base, (0.3, 0, 0, 0, 0, 0), pace=0.25)
     with served_in_thread(engine) as url, served_in_thread(other) as nurl:
         r = CliRunner().invoke(main, ["speed-check", "--engine", url, "--profile", BUILT_IN,
                                       "--repeats", "2", "--neighbour", nurl, "--json"])
