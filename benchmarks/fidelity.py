@@ -37,6 +37,18 @@ was no better (mean e2e p50 error 6.7 against 9.0 % in one, 13.1 against 10.1 % 
 other). Each replay's simulation is written next to it (``sim``, ``sim-2``, ...) with
 the replay's request ids.
 
+With ``--fit-contention`` (default), before the loads, ``--train-requests`` (400) other rows
+of the trace (the ones after the test rows) are replayed live at ``--train-load`` (0.65)
+with ``--train-router`` (round robin), bracketed by speed checks, and the scale of the
+profile's neighbour slowdowns at which the simulator matches that replay's per-request TPOT
+is fitted (:mod:`sagellm.contention_fit`; the steady probes of the calibration measured
+more slowdown than two runs of these replays showed); every replay is then simulated with
+the slowdowns times that scale. ``setup.contention_fit``: the training replay, the scale,
+the bias at each trial scale and the per-request errors at 1 and at the fit;
+``runs[].err_unscaled_contention``: the errors at the profile's slowdowns;
+``--contention-scale`` gives the scale instead (no training replay). The capacity, hence
+the loads' rates, is estimated with the profile's slowdowns either way.
+
 The live figures pool the replays, and the simulated ones pool their simulations the same
 way; ``runs[].live_spread`` is how much a replay differs
 from the first one (the same requests on the same engines): the live system's own
@@ -106,6 +118,7 @@ from live.launcher import EngineGroup  # noqa: E402
 from live.replay import ReplayConfig, replay  # noqa: E402
 from live.tiny_model import ensure_model  # noqa: E402
 from live.vllm_env import ensure_vllm_env  # noqa: E402
+from sagellm.contention_fit import fit_contention_scale, with_contention_scale  # noqa: E402
 from sagellm.fidelity import (  # noqa: E402
     FIELDS,
     capacity_rps,
@@ -232,18 +245,67 @@ def _speed_report(checks: list, names: list[str]) -> dict:
     return out
 
 
-def _at_speed(insts, checks: list, neighbour: bool) -> list:
+def _at_speed(insts, checks: list, neighbour: bool, contention: float = 1.0) -> list:
     """The instances with each engine's profile scaled to the mean of ``checks`` (e.g. the
-    ones just before and after a replay), and with ``neighbour`` its decode-by-decode
-    neighbour slowdown the checks' mean where they measured it."""
+    ones just before and after a replay; none: the profile's speed), with ``neighbour`` its
+    decode-by-decode neighbour slowdown the checks' mean where they measured it, and every
+    neighbour slowdown times ``contention`` (:mod:`sagellm.contention_fit`)."""
     out = []
     for k, i in enumerate(insts):
-        p = i.predictor.scaled(*_mean_factors(checks, k))
-        dd = _mean_decode_by_decode(checks, k) if neighbour else None
+        p = i.predictor.scaled(*_mean_factors(checks, k)) if checks else i.predictor
+        dd = _mean_decode_by_decode(checks, k) if neighbour and checks else None
         if dd is not None:
             p = dataclasses.replace(p, neighbour_decode_slowdown_decode=dd)
-        out.append(dataclasses.replace(i, predictor=p))
+        out.append(dataclasses.replace(i, predictor=with_contention_scale(p, contention)))
     return out
+
+
+def _fit_contention(args, urls: list[str], insts, cap: float, delay: float, model: str,
+                    out: Path) -> tuple[float, dict]:
+    """The training replay (``--train-requests`` rows of the trace after the test rows, at
+    ``--train-load`` with ``--train-router``, bracketed by speed checks) and the contention
+    scale fitted on it (:func:`sagellm.contention_fit.fit_contention_scale`)."""
+    train = fidelity_workload(args.trace, args.train_requests, length_scale=args.length_scale,
+                              max_prompt=args.max_prompt, max_output=args.max_output,
+                              skip=args.skip + args.requests)
+    rate = args.train_load * cap
+    reqs = [dataclasses.replace(r, request_id="train-" + r.request_id)
+            for r in train.requests(rate)]
+    checks = ([asyncio.run(_speed_checks(urls, insts, args.neighbour_check))]
+              if args.speed_check else [])
+    asyncio.run(_wait_idle(urls))
+    t0 = time.monotonic()
+    live, _delta, _cpu = asyncio.run(_live(reqs, [i.spec for i in insts], urls,
+                                           args.train_router, model, args.scrape_interval))
+    wall = time.monotonic() - t0
+    if args.speed_check:
+        checks.append(asyncio.run(_speed_checks(urls, insts, args.neighbour_check)))
+    (out / "train").mkdir(parents=True, exist_ok=True)
+    records_frame(live).to_parquet(out / "train" / "source=live.parquet")
+    ids = [r.request_id for r in reqs]
+    simulate = functools.partial(sim_run, router=args.train_router, network_delay_s=delay,
+                                 scrape_interval_s=args.scrape_interval,
+                                 tick_interval_s=args.scrape_interval)
+
+    def sim_at(c: float) -> list:
+        at = _at_speed(insts, checks, args.use_checked_neighbour, c)
+        return [aligned(records_frame(simulate(reqs, at).records), ids)]
+
+    la = [aligned(records_frame(live), ids)]
+    fit = fit_contention_scale(la, sim_at)
+    before, after = (paired_errors(la, sim_at(c)) for c in (1.0, fit.scale))
+    report = {"train": train.source, "requests": args.train_requests, "load": args.train_load,
+              "rate_per_s": round(rate, 4), "router": args.train_router,
+              "live_failed": sum(r.status != "ok" for r in live), "live_wall_s": round(wall, 1),
+              **fit.as_dict(), "paired_at_1": _round(before), "paired_fitted": _round(after)}
+    if checks:
+        report["speed"] = _speed_report(checks, [i.spec.instance_id for i in insts])
+    print(f"[contention] training replay ({len(reqs)} requests at {rate:.2f}/s, "
+          f"{args.train_router}): scale {fit.scale:.3f}"
+          + (" (at the bound of the search)" if fit.at_bound else "")
+          + f"; per-request TPOT bias {before['tpot'] * 100:+.1f}% at scale 1, "
+          f"{after['tpot'] * 100:+.1f}% fitted", file=sys.stderr)
+    return fit.scale, report
 
 
 def _calibrate_here(urls: list[str], out: Path, budget_s: float, repeats: int) -> list[Path]:
@@ -317,6 +379,10 @@ def run(args) -> dict:
         predictors = [i.predictor for i in insts]
         cap = capacity_rps(insts, work)
         delay = float(np.mean([p.request_ttft_overhead_s for p in predictors])) / 2
+        contention, fit = (args.contention_scale, None) if args.contention_scale is not None \
+            else (1.0, None)
+        if args.contention_scale is None and args.fit_contention:
+            contention, fit = _fit_contention(args, urls, insts, cap, delay, model, out)
         for load in args.loads:
             rate = load * cap
             for router in args.routers:
@@ -346,10 +412,12 @@ def run(args) -> dict:
                     replays.append(live)
                     ids.append([r.request_id for r in again])
                     cpu.append(client_cpu)
-                    run_insts = insts
                     if args.speed_check:   # bracketed: the checks before and after it
                         checks.append(asyncio.run(_speed_checks(urls, insts, args.neighbour_check)))
-                        run_insts = _at_speed(insts, checks[-2:], args.use_checked_neighbour)
+                        run_insts = _at_speed(insts, checks[-2:], args.use_checked_neighbour,
+                                              contention)
+                    else:
+                        run_insts = _at_speed(insts, [], False, contention)
                     simulated = simulate(again, run_insts)
                     speeds.append((again, run_insts, checks[-2:]))
                     write_records(out, load, router, source.replace("live", "sim"),
@@ -374,11 +442,17 @@ def run(args) -> dict:
                     other = not args.use_checked_neighbour
                     extra["err_checked_neighbour" if other else "err_profile_neighbour"] = \
                         _round(rel_errors(pooled_figures([simulate(
-                            a, _at_speed(insts, cs, other)).records for a, _, cs in speeds]), fl))
+                            a, _at_speed(insts, cs, other, contention)).records
+                            for a, _, cs in speeds]), fl))
+                if contention != 1.0:   # the profile's slowdowns as measured
+                    extra["err_unscaled_contention"] = _round(rel_errors(pooled_figures([
+                        simulate(a, _at_speed(insts, cs, args.use_checked_neighbour)).records
+                        for a, _, cs in speeds]), fl))
                 if checks:   # the profile as measured, without the speed checks
                     extra.update(speed=_speed_report(checks, names),
-                                 err_profile_speed=_round(rel_errors(
-                                     figures(simulate(reqs, insts).records), fl)))
+                                 err_profile_speed=_round(rel_errors(figures(simulate(
+                                     reqs, _at_speed(insts, [], False, contention)).records),
+                                     fl)))
                 runs.append({"load": load, "router": router, "rate_per_s": round(rate, 4),
                              "live": _round(fl), "sim": _round(fs), "err": _round(err),
                              "err_ci90": {k: [round(v, 6) for v in lh] for k, lh in ci.items()},
@@ -413,6 +487,7 @@ def run(args) -> dict:
                       "profile_fit_holdout_err_median": meta.get("fit_holdout_rel_err_median"),
                       "neighbour_slowdowns": [{k: round(getattr(p, k), 4)
                                                for k in NEIGHBOUR_KEYS} for p in predictors],
+                      "contention_scale": round(contention, 4), "contention_fit": fit,
                       "network_delay_s": round(delay, 6), "wall_s": round(
                           time.monotonic() - t0, 1), "out": str(out)}}
 
@@ -467,6 +542,21 @@ def main() -> int:
                     help="simulate each replay with its checks' decode-by-decode slowdown "
                     "instead of the profile's (no better over two runs here)")
     ap.add_argument("--requests", type=int, default=600)
+    ap.add_argument("--fit-contention", action=argparse.BooleanOptionalAction, default=True,
+                    help="before the loads, replay --train-requests other rows of the trace "
+                    "and fit the scale of the profile's neighbour slowdowns on it "
+                    "(sagellm.contention_fit; setup.contention_fit, runs[]."
+                    "err_unscaled_contention: the errors at the profile's slowdowns)")
+    ap.add_argument("--contention-scale", type=float,
+                    help="simulate with the neighbour slowdowns times this (no training "
+                    "replay; 1: the profile's)")
+    ap.add_argument("--train-requests", type=int, default=400,
+                    help="rows of the trace after the test rows replayed for the fit")
+    ap.add_argument("--train-load", type=float, default=0.65,
+                    help="the training replay's load (fraction of the capacity)")
+    ap.add_argument("--train-router", default="round_robin",
+                    help="the training replay's router (round robin: the simulated engine of "
+                    "a request does not depend on the scale)")
     ap.add_argument("--speed-band", type=float, default=0.03,
                     help="also simulate each replay with the engines this fraction faster and "
                     "slower than checked (runs[].err_speed_band; 0: not): consecutive speed "
@@ -493,6 +583,12 @@ def main() -> int:
         ap.error("--use-checked-neighbour needs --speed-check and --neighbour-check")
     if not 0 <= args.speed_band < 1:
         ap.error(f"--speed-band {args.speed_band}: must be in [0, 1)")
+    if args.contention_scale is not None and not 0 <= args.contention_scale < float("inf"):
+        ap.error(f"--contention-scale {args.contention_scale}: must be a number >= 0")
+    if args.train_requests < 20:
+        ap.error(f"--train-requests {args.train_requests}: must be >= 20")
+    if not 0 < args.train_load < float("inf"):
+        ap.error(f"--train-load {args.train_load}: must be > 0")
     if args.live_repeats < 1:
         ap.error(f"--live-repeats {args.live_repeats}: must be >= 1")
     result = run(args)

@@ -48,12 +48,15 @@ def read_fidelity_folder(folder: str | Path) -> pd.DataFrame | None:
     :class:`~control_plane.records.RequestRecord`) under ``folder``, concatenated, with
     ``source``, ``load`` and ``router`` leading: taken from the file's own columns when it
     has them, else from ``key=value`` parts of its path. None when the folder is absent or
-    holds no records file; a records file without its labels is an error naming it."""
+    holds no records file; a records file without its labels is an error naming it.
+    ``train/`` (the fidelity benchmark's training replay, :mod:`sagellm.contention_fit`) is
+    not part of the comparison and is skipped."""
     root = Path(folder)
     if not root.is_dir():
         return None
     frames = []
-    for path in sorted(p for p in root.rglob("*") if p.suffix in _SUFFIXES and p.is_file()):
+    for path in sorted(p for p in root.rglob("*") if p.suffix in _SUFFIXES and p.is_file()
+                       and p.relative_to(root).parts[0] != "train"):
         if path.suffix == ".csv" and _is_profile(path):
             continue  # an iteration profile kept with the run (benchmarks/fidelity.py)
         df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)

@@ -51,6 +51,8 @@ def test_reads_the_layout_the_fidelity_benchmark_writes(tmp_path):
     for source in ("sim", "live"):
         write_records(tmp_path, 0.8, "least_loaded", source, recs)
     (tmp_path / "fidelity_cdfs.png").write_bytes(b"")  # other files are left alone
+    (tmp_path / "train").mkdir()     # the contention fit's training replay, no labels
+    _records(2, 0.1).to_parquet(tmp_path / "train" / "source=live.parquet")
     df = read_fidelity_folder(tmp_path)
     assert sorted(df[["source", "load", "router"]].itertuples(index=False, name=None)) == [
         ("live", 0.8, "least_loaded"), ("sim", 0.8, "least_loaded")]
