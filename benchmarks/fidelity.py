@@ -66,7 +66,12 @@ gives, per latency figure, the 90 % bootstrap interval of the signed error
 ``sim / live - 1`` (the requests drawn again, :mod:`sagellm.fidelity_stats`),
 ``failures_within_sampling`` the misses whose interval reaches into the target, and
 ``runs[].err_paired`` the median over requests of each request's ``sim / live - 1``
-(TTFT, TPOT, end-to-end), a bias of the simulator free of where the quantiles fall. The
+(TTFT, TPOT, end-to-end), a bias of the simulator free of where the quantiles fall;
+``runs[].drift`` the per-request TPOT error of each fifth of each replay
+(``sim_vs_live_tpot``) and of each later live replay against the first
+(``live_vs_first_tpot``: how the machine's speed moved between two replays of the same
+requests, minute by minute); the top-level ``drift`` pools them: the median and p90 of
+the simulator's absolute per-fifth errors next to the live system's own. The
 default of 600 requests: with 150, the 90 % intervals of the e2e median's error were 10-30
 points wide (bootstrap SD 3-9 %), wider than the 5 % target, and two live replays of the
 same requests differed by up to 15.7 % in their median while their per-request latencies
@@ -139,7 +144,13 @@ from sagellm.fidelity import (  # noqa: E402
     target_report,
     write_records,
 )
-from sagellm.fidelity_stats import aligned, error_intervals, paired_errors  # noqa: E402
+from sagellm.fidelity_stats import (  # noqa: E402
+    aligned,
+    drift_summary,
+    error_intervals,
+    paired_errors,
+    window_errors,
+)
 from sagellm.latency_cdfs import cdf_figure  # noqa: E402
 from sagellm.profiled import load_profile  # noqa: E402
 from sagellm.results import records_frame  # noqa: E402
@@ -436,6 +447,10 @@ def run(args) -> dict:
                 sa = [aligned(records_frame(x.records), i)
                       for x, i in zip(sims, ids, strict=True)]
                 ci, paired = error_intervals(la, sa), paired_errors(la, sa)
+                drift = {"sim_vs_live_tpot": [[round(x, 4) for x in window_errors(a, b)]
+                                              for a, b in zip(la, sa, strict=True)],
+                         "live_vs_first_tpot": [[round(x, 4) for x in window_errors(la[0], a)]
+                                                for a in la[1:]]}
                 extra = {}
                 if args.speed_band:   # the same replays with every engine f x as slow
                     extra["err_speed_band"] = {f"{f:g}": _round(signed_errors(pooled_figures([
@@ -460,7 +475,7 @@ def run(args) -> dict:
                 runs.append({"load": load, "router": router, "rate_per_s": round(rate, 4),
                              "live": _round(fl), "sim": _round(fs), "err": _round(err),
                              "err_ci90": {k: [round(v, 6) for v in lh] for k, lh in ci.items()},
-                             "err_paired": _round(paired),
+                             "err_paired": _round(paired), "drift": drift,
                              **extra,
                              "live_replays": [_round(f) for f in each],
                              "same_engine": [round(routing_agreement(r, x.records), 4)
@@ -479,7 +494,9 @@ def run(args) -> dict:
                                                     for k, v in paired.items()),
                     file=sys.stderr)
     _plot(out)
+    drift = drift_summary(runs)
     return {"runs": runs, "targets": TARGETS, **target_report(runs, TARGETS),
+            "drift": {k: round(v, 4) for k, v in drift.items()} if drift else None,
             "setup": {"trace": work.source, "requests": args.requests,
                       "live_repeats": args.live_repeats, "speed_check": args.speed_check,
                       "profile": profiles if args.calibrate else profile,

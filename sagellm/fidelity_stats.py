@@ -18,6 +18,10 @@ machine). Two figures separate that from what the simulator gets wrong:
   target miss whose interval reaches into the target is within what another sample of the
   same trace could have given (:func:`sagellm.fidelity.target_report` lists those apart).
 
+- :func:`window_errors`: the paired error of each consecutive fifth (by default) of the
+  requests: where in a replay the simulator was off, and, between two live replays of the
+  same requests, how much the machine itself moved from one minute to the next.
+
 Throughput (requests over the whole run's span) is not a per-request figure and has no
 interval.
 """
@@ -34,7 +38,8 @@ import pandas as pd
 from sagellm.fidelity import pooled_figures, signed_errors
 from sagellm.latency_cdfs import latencies
 
-__all__ = ["LATENCY_FIELDS", "aligned", "error_intervals", "error_table", "paired_errors"]
+__all__ = ["LATENCY_FIELDS", "aligned", "drift_summary", "error_intervals", "error_table",
+           "paired_errors", "window_errors"]
 
 # figure -> (latency column, quantile)
 LATENCY_FIELDS = {"ttft_p50": ("ttft_s", 0.5), "ttft_p90": ("ttft_s", 0.9),
@@ -81,6 +86,47 @@ def paired_errors(live: Sequence[dict[str, np.ndarray]],
         r = r[np.isfinite(r)]
         out[c.removesuffix("_s")] = float(np.median(r) - 1.0) if r.size else float("nan")
     return out
+
+
+def window_errors(reference: dict[str, np.ndarray], other: dict[str, np.ndarray], *,
+                  windows: int = 5, column: str = "tpot_s") -> list[float]:
+    """The median of ``other / reference - 1`` of ``column`` over each of ``windows``
+    consecutive, equal slices of the requests (both :func:`aligned` to the same requests in
+    arrival order; NaN for a slice without a request completed on both sides). A simulation
+    against its live replay, the simulator's bias through the replay; a live replay against
+    another of the same requests, how the machine's speed moved between them: the fidelity
+    report's ``drift``."""
+    if isinstance(windows, bool) or not isinstance(windows, int) or windows < 1:
+        raise ValueError(f"windows={windows!r}: must be an int >= 1")
+    if column not in _COLUMNS:
+        raise ValueError(f"column={column!r}: one of {_COLUMNS}")
+    a, b = reference[column], other[column]
+    if a.shape != b.shape:
+        raise ValueError(f"reference {a.shape} and other {b.shape} differ in shape")
+    out = []
+    for sl in np.array_split(np.arange(a.size), min(windows, max(a.size, 1))):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = b[sl] / a[sl]
+        r = r[np.isfinite(r)]
+        out.append(float(np.median(r) - 1.0) if r.size else float("nan"))
+    return out
+
+
+def drift_summary(runs: Sequence[dict]) -> dict[str, float] | None:
+    """Over the fidelity report's ``runs[].drift``: the median and 90th percentile of the
+    absolute per-window TPOT errors of the simulator against its live replays
+    (``sim_vs_live_*``) and of later live replays against the first (``live_vs_first_*``,
+    the machine against itself); None when no run has two live replays."""
+    def pool(key: str) -> np.ndarray:
+        v = np.abs(np.asarray([x for r in runs for w in r["drift"][key] for x in w], float))
+        return v[np.isfinite(v)]
+    live, sim = pool("live_vs_first_tpot"), pool("sim_vs_live_tpot")
+    if not live.size or not sim.size:
+        return None
+    return {"sim_vs_live_median": float(np.median(sim)),
+            "sim_vs_live_p90": float(np.quantile(sim, 0.9)),
+            "live_vs_first_median": float(np.median(live)),
+            "live_vs_first_p90": float(np.quantile(live, 0.9))}
 
 
 def error_intervals(live: Sequence[dict[str, np.ndarray]],

@@ -7,7 +7,14 @@ import pandas as pd
 import pytest
 
 from sagellm.fidelity import target_report
-from sagellm.fidelity_stats import aligned, error_intervals, error_table, paired_errors
+from sagellm.fidelity_stats import (
+    aligned,
+    drift_summary,
+    error_intervals,
+    error_table,
+    paired_errors,
+    window_errors,
+)
 
 
 def _records(e2e_s, ttft_s=0.1, out=11, ids=None, status="ok") -> pd.DataFrame:
@@ -129,3 +136,45 @@ def test_error_table_pairs_each_live_replay_with_its_own_simulation():
     assert error_table(emulated, draws=10).iloc[0]["paired_e2e"] == 0.0
     with pytest.raises(ValueError, match="missing column"):
         error_table(records.drop(columns="source"))
+
+
+def test_window_errors_locate_a_slowdown_in_the_replay():
+    # 100 requests; the other side is 20 % slower on requests 40-59 only (a host slowdown in
+    # the middle fifth), 2 % faster elsewhere
+    e2e = np.linspace(1.0, 3.0, 100)
+    factor = np.where((np.arange(100) >= 40) & (np.arange(100) < 60), 1.2, 0.98)
+    ref = aligned(_records(e2e, ttft_s=0.0), _ids(100))
+    other = aligned(_records(e2e * factor, ttft_s=0.0), _ids(100))
+    w = window_errors(ref, other)
+    assert w == pytest.approx([-0.02, -0.02, 0.2, -0.02, -0.02])
+    # the whole-replay paired error hides it
+    assert paired_errors([ref], [other])["tpot"] == pytest.approx(-0.02)
+    tenths = window_errors(ref, other, windows=10, column="e2e_s")
+    assert tenths[3:7] == pytest.approx([-0.02, 0.2, 0.2, -0.02])
+    # a fifth where no request completed on one side is NaN; more windows than requests
+    gone = dict(other, tpot_s=np.where(np.arange(100) < 20, np.nan, other["tpot_s"]))
+    assert np.isnan(window_errors(ref, gone)[0])
+    small = aligned(_records([1.0, 2.0], ttft_s=0.0), _ids(2))
+    assert window_errors(small, small, windows=5) == [0.0, 0.0]
+
+
+def test_window_errors_refuse_bad_arguments():
+    a = aligned(_records([1.0, 2.0, 3.0]), _ids(3))
+    with pytest.raises(ValueError, match="windows=0"):
+        window_errors(a, a, windows=0)
+    with pytest.raises(ValueError, match="column='x'"):
+        window_errors(a, a, column="x")
+    with pytest.raises(ValueError, match="differ in shape"):
+        window_errors(a, aligned(_records([1.0, 2.0]), _ids(2)))
+
+
+def test_drift_summary_pools_the_runs_windows():
+    runs = [{"drift": {"sim_vs_live_tpot": [[0.1, -0.2], [0.05, float("nan")]],
+                       "live_vs_first_tpot": [[-0.3, 0.1]]}},
+            {"drift": {"sim_vs_live_tpot": [[0.0, 0.4]], "live_vs_first_tpot": [[0.2, 0.02]]}}]
+    d = drift_summary(runs)
+    assert d["sim_vs_live_median"] == pytest.approx(0.1)       # |0.1, 0.2, 0.05, 0, 0.4|
+    assert d["live_vs_first_median"] == pytest.approx(0.15)    # |0.3, 0.1, 0.2, 0.02|
+    assert d["sim_vs_live_p90"] == pytest.approx(np.quantile([0.1, 0.2, 0.05, 0.0, 0.4], 0.9))
+    one = [{"drift": {"sim_vs_live_tpot": [[0.1]], "live_vs_first_tpot": []}}]
+    assert drift_summary(one) is None                          # one live replay: no floor
