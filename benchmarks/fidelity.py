@@ -37,21 +37,33 @@ was no better (mean e2e p50 error 6.7 against 9.0 % in one, 13.1 against 10.1 % 
 other). Each replay's simulation is written next to it (``sim``, ``sim-2``, ...) with
 the replay's request ids.
 
+The neighbour slowdowns of the built-in profile come from steady probes (the neighbour
+decoding 4 endless streams); in the replays' request streams the engines slowed each other
+less. By default every replay is simulated with them times ``CONTENTION_SCALE`` (0.64;
+``--contention-scale`` to choose, 1 for the profile's own; with ``--profile`` the default
+is 1), fitted with ``--refit-contention`` (:func:`refit_contention`: no engines, every live
+replay of the given recorded runs simulated again at its checked speeds, and the scale at
+which the per-request TPOT error over all of them is zero) on the 24 live replays of the
+first two runs at 600 requests (0.642; per-request TPOT bias +5.3 % at 1). Checked on the two
+runs after them, which it was not fitted on (re-simulated at it): the e2e p50 errors were
+2.5 / 0.8 / 37.0 / 2.2 / 4.1 / 1.1 % and 2.1 / 2.2 / 1.8 / 5.9 / 9.5 / 16.4 % (loads 0.5, 0.8,
+1.1; round robin, least loaded), against 3.7 / 5.8 / 18.3 / 22.3 / 3.7 / 7.3 % and 4.3 /
+10.6 / 24.8 / 14.8 / 18.1 / 25.8 % at 1: 8 of 12 within 5 % against 3. Fitted on those two
+runs instead, the scale came out 0.641; fitted on any one run, 0.44-0.88.
+``runs[].err_unscaled_contention``: the errors at the profile's slowdowns. The capacity,
+hence the loads' rates, is estimated with the profile's slowdowns whatever the scale.
+
 With ``--fit-contention``, before the loads, ``--train-requests`` (400) other rows of the
 trace (the ones after the test rows) are replayed live at ``--train-load`` (0.65) with
 ``--train-router`` (round robin), bracketed by speed checks, and the scale of the profile's
 neighbour slowdowns at which the simulator matches that replay's per-request TPOT is
 fitted (:mod:`sagellm.contention_fit`); every replay is then simulated with the slowdowns
 times that scale. ``setup.contention_fit``: the training replay, the scale, the bias at
-each trial scale and the per-request errors at 1 and at the fit;
-``runs[].err_unscaled_contention``: the errors at the profile's slowdowns;
-``--contention-scale`` gives the scale instead (no training replay). The capacity, hence
-the loads' rates, is estimated with the profile's slowdowns either way. Not the default:
-in the one run with it, the training replay fitted 0.385 (the simulator was +10.2 % slow
-per request on it at 1), and the six test runs' e2e p50 errors were 6.1 / 4.6 / 43.6 /
-11.2 / 10.1 / 5.9 % against 3.7 / 5.7 / 18.6 / 23.0 / 3.3 / 7.3 % at the profile's
-slowdowns (loads 0.5, 0.8, 1.1; round robin, least loaded): the host's state during the
-replays, not the engines' contention, set the offset.
+each trial scale and the per-request errors at 1 and at the fit. Not the default:
+in the one run with it, the training replay (one 83 s replay) fitted 0.385, and the six test
+runs' e2e p50 errors were 6.1 / 4.6 / 43.6 / 11.2 / 10.1 / 5.9 % against 3.7 / 5.7 / 18.6 /
+23.0 / 3.3 / 7.3 % at the profile's slowdowns: one replay's scale carries the host's state
+of that minute.
 
 The live figures pool the replays, and the simulated ones pool their simulations the same
 way; ``runs[].live_spread`` is how much a replay differs
@@ -157,6 +169,9 @@ from sagellm.results import records_frame  # noqa: E402
 
 TRACE = ROOT.parent / "shared" / "traces" / "azure_llm_2023_conv.csv"
 TARGETS = {"e2e_p50": 0.05, "ttft_p90": 0.15, "throughput": 0.03}
+# the built-in profile's neighbour slowdowns times this in request streams (see the module
+# doc): `--refit-contention` on the 24 live replays of two runs at the defaults
+CONTENTION_SCALE = 0.64
 _BLOCKS = re.compile(r'vllm:cache_config_info\{[^}]*num_gpu_blocks="(\d+)"')
 _BLOCK_SIZE = re.compile(r'vllm:cache_config_info\{[^}]*block_size="(\d+)"')
 
@@ -323,6 +338,69 @@ def _fit_contention(args, urls: list[str], insts, cap: float, delay: float, mode
     return fit.scale, report
 
 
+def _checks_of(run: dict, names: list[str]) -> list:
+    """A recorded run's speed checks (``runs[].speed``) as ``_speed_checks`` returns them."""
+    from live.speed_check import SpeedCheck
+    per = [run["speed"][n]["checks"] for n in names]
+    return [[SpeedCheck(c["decode"], c["prefill"], tuple(c["decode_ratios"]),
+                        tuple(c["prefill_ratios"]), c.get("decode_by_decode"),
+                        tuple(c.get("neighbour_ratios", ()))) for c in cs]
+            for cs in zip(*per, strict=True)]
+
+
+def refit_contention(paths: list[str], use_checked_neighbour: bool = False,
+                     scrape_interval_s: float = 0.5) -> dict:
+    """The contention scale fitted on the live replays of recorded runs (this benchmark's
+    JSON output, ``paths``, with their records folders ``setup.out``): every replay
+    simulated again at its checks' speeds, the requests as its simulation recorded them
+    (:func:`sagellm.contention_fit.fit_contention_scale` over all of them together)."""
+    import pandas as pd
+
+    from control_plane.types import Request
+    live_all, jobs = [], []
+    for path in paths:
+        try:
+            doc = json.loads(Path(path).read_text())
+            setup, runs = doc["setup"], doc["runs"]
+            folder = Path(setup["out"])
+            engine = {k: v for k, v in setup["engine"].items()
+                      if k in ("max_num_seqs", "max_num_batched_tokens", "kv_capacity_tokens",
+                               "block_size")}
+            names = [f"engine-{k}" for k in range(setup["engine"]["engines"])]
+            insts = [i for n in names for i in sim_instances(setup["profile"], [n], engine,
+                                                              host="this-machine")]
+            for r in runs:
+                checks = _checks_of(r, names)
+                where = folder / f"load={r['load']:g}" / f"router={r['router']}"
+                for k in range(len(r["live_replays"])):
+                    suffix = "" if k == 0 else f"-{k + 1}"
+                    sim = pd.read_parquet(where / f"source=sim{suffix}.parquet")
+                    live = pd.read_parquet(where / f"source=live{suffix}.parquet")
+                    reqs = [Request(str(q.request_id), float(q.arrival_s), int(q.prompt_tokens),
+                                    output_tokens=int(q.output_tokens),
+                                    max_tokens=int(q.output_tokens))
+                            for q in sim.sort_values("arrival_s").itertuples()]
+                    ids = [q.request_id for q in reqs]
+                    live_all.append(aligned(live, ids))
+                    jobs.append((reqs, ids, insts, checks[k:k + 2], r["router"],
+                                 setup["network_delay_s"]))
+        except (OSError, KeyError, ValueError, TypeError) as exc:
+            raise SystemExit(f"--refit-contention {path}: not a fidelity run with its "
+                             f"records ({type(exc).__name__}: {exc})") from exc
+
+    def sim_at(c: float) -> list:
+        return [aligned(records_frame(sim_run(
+            reqs, _at_speed(insts, cs, use_checked_neighbour, c), router=router,
+            network_delay_s=delay, scrape_interval_s=scrape_interval_s,
+            tick_interval_s=scrape_interval_s).records), ids)
+            for reqs, ids, insts, cs, router, delay in jobs]
+
+    fit = fit_contention_scale(live_all, sim_at)
+    return {"runs": list(paths), "replays": len(jobs), **fit.as_dict(),
+            "paired_at_1": _round(paired_errors(live_all, sim_at(1.0))),
+            "paired_fitted": _round(paired_errors(live_all, sim_at(fit.scale)))}
+
+
 def _calibrate_here(urls: list[str], out: Path, budget_s: float, repeats: int) -> list[Path]:
     """Calibrate each launched engine, the next one as its neighbour (``sagellm calibrate
     --engine URL --neighbour URL``, in this process as the replay's client will be): one
@@ -394,9 +472,10 @@ def run(args) -> dict:
         predictors = [i.predictor for i in insts]
         cap = capacity_rps(insts, work)
         delay = float(np.mean([p.request_ttft_overhead_s for p in predictors])) / 2
-        contention, fit = (args.contention_scale, None) if args.contention_scale is not None \
-            else (1.0, None)
-        if args.contention_scale is None and args.fit_contention:
+        contention = (args.contention_scale if args.contention_scale is not None
+                      else CONTENTION_SCALE if args.profile is None else 1.0)
+        fit = None
+        if args.fit_contention:
             contention, fit = _fit_contention(args, urls, insts, cap, delay, model, out)
         for load in args.loads:
             rate = load * cap
@@ -570,8 +649,13 @@ def main() -> int:
                     "err_unscaled_contention: the errors at the profile's slowdowns); not the "
                     "default: in the one run with it the fitted scale did worse")
     ap.add_argument("--contention-scale", type=float,
-                    help="simulate with the neighbour slowdowns times this (no training "
-                    "replay; 1: the profile's)")
+                    help="simulate with the neighbour slowdowns times this (1: the "
+                    f"profile's) [default: {CONTENTION_SCALE} with the built-in profile, fitted "
+                    "with --refit-contention on earlier runs; 1 with --profile]")
+    ap.add_argument("--refit-contention", nargs="+", metavar="RUN_JSON",
+                    help="no live run: fit the contention scale on the live replays of these "
+                    "recorded runs (this benchmark's --json output, records under their "
+                    "setup.out) and print it")
     ap.add_argument("--train-requests", type=int, default=400,
                     help="rows of the trace after the test rows replayed for the fit")
     ap.add_argument("--train-load", type=float, default=0.65,
@@ -607,12 +691,22 @@ def main() -> int:
         ap.error(f"--speed-band {args.speed_band}: must be in [0, 1)")
     if args.contention_scale is not None and not 0 <= args.contention_scale < float("inf"):
         ap.error(f"--contention-scale {args.contention_scale}: must be a number >= 0")
+    if args.contention_scale is not None and args.fit_contention:
+        ap.error("--contention-scale and --fit-contention: give one (a scale, or fit it)")
+    from control_plane.routing.registries import ROUTERS
+    for name in (*args.routers, args.train_router):
+        if name not in ROUTERS:
+            ap.error(f"router {name!r}: unknown (known: {', '.join(ROUTERS.names())})")
     if args.train_requests < 20:
         ap.error(f"--train-requests {args.train_requests}: must be >= 20")
     if not 0 < args.train_load < float("inf"):
         ap.error(f"--train-load {args.train_load}: must be > 0")
     if args.live_repeats < 1:
         ap.error(f"--live-repeats {args.live_repeats}: must be >= 1")
+    if args.refit_contention:
+        print(json.dumps(refit_contention(args.refit_contention, args.use_checked_neighbour,
+                                          args.scrape_interval), indent=2))
+        return 0
     result = run(args)
     if args.json:
         print(json.dumps(result, indent=2))
