@@ -367,8 +367,10 @@ def refit_contention(paths: list[str], use_checked_neighbour: bool = False,
                       if k in ("max_num_seqs", "max_num_batched_tokens", "kv_capacity_tokens",
                                "block_size")}
             names = [f"engine-{k}" for k in range(setup["engine"]["engines"])]
-            insts = [i for n in names for i in sim_instances(setup["profile"], [n], engine,
-                                                              host="this-machine")]
+            profiles = setup["profile"]   # a list when each engine was calibrated there
+            profiles = profiles if isinstance(profiles, list) else [profiles] * len(names)
+            insts = [i for n, p in zip(names, profiles, strict=True)
+                     for i in sim_instances(p, [n], engine, host="this-machine")]
             for r in runs:
                 checks = _checks_of(r, names)
                 where = folder / f"load={r['load']:g}" / f"router={r['router']}"
