@@ -290,6 +290,13 @@ def _at_speed(insts, checks: list, neighbour: bool, contention: float = 1.0) -> 
     return out
 
 
+def _simulator(router: str, delay: float, scrape_s: float):
+    """``sim_run`` with the benchmark's control-plane settings: ``simulate(requests,
+    instances)``."""
+    return functools.partial(sim_run, router=router, network_delay_s=delay,
+                             scrape_interval_s=scrape_s, tick_interval_s=scrape_s)
+
+
 def _fit_contention(args, urls: list[str], insts, cap: float, delay: float, model: str,
                     out: Path) -> tuple[float, dict]:
     """The training replay (``--train-requests`` rows of the trace after the test rows, at
@@ -313,9 +320,7 @@ def _fit_contention(args, urls: list[str], insts, cap: float, delay: float, mode
     (out / "train").mkdir(parents=True, exist_ok=True)
     records_frame(live).to_parquet(out / "train" / "source=live.parquet")
     ids = [r.request_id for r in reqs]
-    simulate = functools.partial(sim_run, router=args.train_router, network_delay_s=delay,
-                                 scrape_interval_s=args.scrape_interval,
-                                 tick_interval_s=args.scrape_interval)
+    simulate = _simulator(args.train_router, delay, args.scrape_interval)
 
     def sim_at(c: float) -> list:
         at = _at_speed(insts, checks, args.use_checked_neighbour, c)
@@ -342,10 +347,7 @@ def _checks_of(run: dict, names: list[str]) -> list:
     """A recorded run's speed checks (``runs[].speed``) as ``_speed_checks`` returns them."""
     from live.speed_check import SpeedCheck
     per = [run["speed"][n]["checks"] for n in names]
-    return [[SpeedCheck(c["decode"], c["prefill"], tuple(c["decode_ratios"]),
-                        tuple(c["prefill_ratios"]), c.get("decode_by_decode"),
-                        tuple(c.get("neighbour_ratios", ()))) for c in cs]
-            for cs in zip(*per, strict=True)]
+    return [[SpeedCheck.from_dict(c) for c in cs] for cs in zip(*per, strict=True)]
 
 
 def refit_contention(paths: list[str], use_checked_neighbour: bool = False,
@@ -391,10 +393,8 @@ def refit_contention(paths: list[str], use_checked_neighbour: bool = False,
                              f"records ({type(exc).__name__}: {exc})") from exc
 
     def sim_at(c: float) -> list:
-        return [aligned(records_frame(sim_run(
-            reqs, _at_speed(insts, cs, use_checked_neighbour, c), router=router,
-            network_delay_s=delay, scrape_interval_s=scrape_interval_s,
-            tick_interval_s=scrape_interval_s).records), ids)
+        return [aligned(records_frame(_simulator(router, delay, scrape_interval_s)(
+            reqs, _at_speed(insts, cs, use_checked_neighbour, c)).records), ids)
             for reqs, ids, insts, cs, router, delay in jobs]
 
     fit = fit_contention_scale(live_all, sim_at)
@@ -492,10 +492,7 @@ def run(args) -> dict:
                 checks = ([asyncio.run(_speed_checks(urls, insts, args.neighbour_check))]
                           if args.speed_check else [])
                 replays, sims, engine_side, cpu, ids, speeds = [], [], [], [], [], []
-                simulate = functools.partial(
-                    sim_run, router=router, network_delay_s=delay,
-                    scrape_interval_s=args.scrape_interval,
-                    tick_interval_s=args.scrape_interval)
+                simulate = _simulator(router, delay, args.scrape_interval)
                 for rep in range(args.live_repeats):
                     asyncio.run(_wait_idle(urls))
                     again = [dataclasses.replace(r, request_id=f"{r.request_id}-r{rep}")
@@ -510,10 +507,8 @@ def run(args) -> dict:
                     cpu.append(client_cpu)
                     if args.speed_check:   # bracketed: the checks before and after it
                         checks.append(asyncio.run(_speed_checks(urls, insts, args.neighbour_check)))
-                        run_insts = _at_speed(insts, checks[-2:], args.use_checked_neighbour,
-                                              contention)
-                    else:
-                        run_insts = _at_speed(insts, [], False, contention)
+                    run_insts = _at_speed(insts, checks[-2:], args.use_checked_neighbour,
+                                          contention)
                     simulated = simulate(again, run_insts)
                     speeds.append((again, run_insts, checks[-2:]))
                     write_records(out, load, router, source.replace("live", "sim"),

@@ -58,6 +58,13 @@ class SpeedCheck:
     decode_by_decode: float | None = None
     neighbour_ratios: tuple[float, ...] = ()
 
+    @classmethod
+    def from_dict(cls, d: dict) -> SpeedCheck:
+        """The check :meth:`as_dict` wrote (e.g. in a fidelity run's JSON)."""
+        return cls(d["decode"], d["prefill"], tuple(d["decode_ratios"]),
+                   tuple(d["prefill_ratios"]), d.get("decode_by_decode"),
+                   tuple(d.get("neighbour_ratios", ())))
+
     def as_dict(self) -> dict[str, object]:
         out: dict[str, object] = {
             "decode": round(self.decode, 4), "prefill": round(self.prefill, 4),

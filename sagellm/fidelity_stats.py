@@ -79,13 +79,15 @@ def paired_errors(live: Sequence[dict[str, np.ndarray]],
     if a["e2e_s"].shape != b["e2e_s"].shape:
         raise ValueError(f"live {a['e2e_s'].shape} and simulated {b['e2e_s'].shape} replays "
                          f"differ in shape")
-    out = {}
-    for c in _COLUMNS:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            r = b[c] / a[c]
-        r = r[np.isfinite(r)]
-        out[c.removesuffix("_s")] = float(np.median(r) - 1.0) if r.size else float("nan")
-    return out
+    return {c.removesuffix("_s"): _median_error(a[c], b[c]) for c in _COLUMNS}
+
+
+def _median_error(live: np.ndarray, sim: np.ndarray) -> float:
+    """The median of ``sim / live - 1`` over the requests with both (NaN if none)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = sim / live
+    r = r[np.isfinite(r)]
+    return float(np.median(r) - 1.0) if r.size else float("nan")
 
 
 def window_errors(reference: dict[str, np.ndarray], other: dict[str, np.ndarray], *,
@@ -103,13 +105,8 @@ def window_errors(reference: dict[str, np.ndarray], other: dict[str, np.ndarray]
     a, b = reference[column], other[column]
     if a.shape != b.shape:
         raise ValueError(f"reference {a.shape} and other {b.shape} differ in shape")
-    out = []
-    for sl in np.array_split(np.arange(a.size), min(windows, max(a.size, 1))):
-        with np.errstate(divide="ignore", invalid="ignore"):
-            r = b[sl] / a[sl]
-        r = r[np.isfinite(r)]
-        out.append(float(np.median(r) - 1.0) if r.size else float("nan"))
-    return out
+    return [_median_error(a[sl], b[sl])
+            for sl in np.array_split(np.arange(a.size), min(windows, max(a.size, 1)))]
 
 
 def drift_summary(runs: Sequence[dict]) -> dict[str, float] | None:

@@ -11,7 +11,7 @@ from control_plane.perf.profile import FittedPredictor
 from live.calibrate import CalibrationConfig, CalibrationError
 from live.calibrate_design import Probe
 from live.client import EngineClient
-from live.speed_check import speed_check
+from live.speed_check import SpeedCheck, speed_check
 from tests.live.fake_timed_vllm import SPIN_S, TimedVllm, neighbour_pair
 from tests.live.fake_vllm import FakeVllm
 from tests.live.harness import run
@@ -112,3 +112,9 @@ def test_speed_check_measures_the_decode_slowdown_next_to_a_decoding_neighbour()
     # without a neighbour nothing of it is measured or reported
     alone = run(_check(TimedVllm(PROFILE), PROFILE, repeats=1))
     assert alone.decode_by_decode is None and "decode_by_decode" not in alone.as_dict()
+    # what a run's JSON keeps reads back as the same (rounded) check, with or without it
+    for check in (got, alone):
+        again = SpeedCheck.from_dict(check.as_dict())
+        assert again.as_dict() == check.as_dict()
+        want = None if check is alone else round(got.decode_by_decode, 4)
+        assert again.decode_by_decode == want
