@@ -70,10 +70,17 @@ way; ``runs[].live_spread`` is how much a replay differs
 from the first one (the same requests on the same engines): the live system's own
 run-to-run spread, against which ``failures_beyond_live_spread`` lists the target misses
 that exceed it. ``runs[].err_speed_band``: the signed errors with every engine simulated
-``--speed-band`` (default 3 %, the median change between consecutive speed checks here)
+``--speed-band`` (default 3 %, the median change between consecutive speed checks in the
+first runs; 4.3 % in five later ones)
 faster and slower than checked; ``failures_within_speed_band`` lists the misses that speed
 range reaches into the target (the latencies move several times as much as the speed: in a
-run at the defaults, 3 % of speed moved the e2e median by 6-15 %). ``runs[].err_ci90``
+run at the defaults, 3 % of speed moved the e2e median by 6-15 %).
+``runs[].speed_elasticity``: per figure, how many percent 1 % longer iterations move it
+(from that band), ``runs[].speed_tolerance``: per target, the iteration-time error that alone
+uses the target, and ``runs[].speed_moved``: each engine's ``|ln(after / before)|`` of its
+decode factor over each replay; ``failures_below_speed_resolution`` lists the misses whose
+target needs the speed right to less than the median of those moves
+(:mod:`sagellm.speed_sensitivity`). ``runs[].err_ci90``
 gives, per latency figure, the 90 % bootstrap interval of the signed error
 ``sim / live - 1`` (the requests drawn again, :mod:`sagellm.fidelity_stats`),
 ``failures_within_sampling`` the misses whose interval reaches into the target, and
@@ -166,6 +173,11 @@ from sagellm.fidelity_stats import (  # noqa: E402
 from sagellm.latency_cdfs import cdf_figure  # noqa: E402
 from sagellm.profiled import load_profile  # noqa: E402
 from sagellm.results import records_frame  # noqa: E402
+from sagellm.speed_sensitivity import (  # noqa: E402
+    speed_elasticity,
+    speed_moves,
+    speed_tolerance,
+)
 
 TRACE = ROOT.parent / "shared" / "traces" / "azure_llm_2023_conv.csv"
 TARGETS = {"e2e_p50": 0.05, "ttft_p90": 0.15, "throughput": 0.03}
@@ -533,6 +545,10 @@ def run(args) -> dict:
                         simulate(a, [dataclasses.replace(i, predictor=i.predictor.scaled(f, f))
                                      for i in ri]).records for a, ri, _ in speeds]), fl))
                         for f in (1 - args.speed_band, 1 + args.speed_band)}
+                    el = speed_elasticity(extra["err_speed_band"])
+                    extra["speed_elasticity"] = _round(el)
+                    extra["speed_tolerance"] = {k: None if v is None else round(v, 4)
+                                                for k, v in speed_tolerance(el, TARGETS).items()}
                 if checks and args.neighbour_check:   # the other decode-by-decode slowdown
                     other = not args.use_checked_neighbour
                     extra["err_checked_neighbour" if other else "err_profile_neighbour"] = \
@@ -544,7 +560,9 @@ def run(args) -> dict:
                         simulate(a, _at_speed(insts, cs, args.use_checked_neighbour)).records
                         for a, _, cs in speeds]), fl))
                 if checks:   # the profile as measured, without the speed checks
-                    extra.update(speed=_speed_report(checks, names),
+                    report = _speed_report(checks, names)
+                    extra.update(speed=report,
+                                 speed_moved=[round(m, 4) for m in speed_moves(report)],
                                  err_profile_speed=_round(rel_errors(figures(simulate(
                                      reqs, _at_speed(insts, [], False, contention)).records),
                                      fl)))
