@@ -39,15 +39,9 @@ sys.path.insert(0, str(ROOT))
 
 from control_plane.perf import Batch, ParallelConfig, RooflinePredictor, load_coefficients  # noqa: E402
 from control_plane.perf.coefficients import BUILTIN_COEFFICIENTS  # noqa: E402
+from sagellm.perf_fit import error_bound  # noqa: E402
 
-THRESHOLDS = {"layer_sum": (0.10, 0.25), "gemm": (0.15, 0.30), "elementwise": (0.20, 0.35),
-              "attn_prefill": (0.10, 0.20), "attn_decode": (0.10, 0.30),
-              "attn_kv_cache_save": (0.10, 0.20), "layer": (0.08, 0.20)}
-# the h100 family's matmuls are fitted on Vidur's eager per-op timings, its whole layers are
-# measured as CUDA graphs: 7.3 % (train) and 8.2 % (3 held-out models) median on them
-FAMILY_THRESHOLDS = {("h100", "layer"): (0.10, 0.20)}
 MATMULS = ("attn_pre_proj", "attn_post_proj", "mlp_up_proj", "mlp_down_proj")
-NETWORK = (0.15, 0.35)
 
 
 def accuracy(profiles: Path) -> tuple[str, list[dict]]:
@@ -110,10 +104,9 @@ def main() -> int:
     ap.add_argument("--profiles", type=Path, default=ROOT.parent / "shared" / "profiles")
     args = ap.parse_args()
     source, errors = accuracy(args.profiles)
-    def bound(e):
-        return FAMILY_THRESHOLDS.get((e["gpu"], e["group"]), THRESHOLDS.get(e["group"], NETWORK))
     failed = [e for e in errors if e.get("coeffs", e["gpu"]) == e["gpu"] and (
-              e["median"] > bound(e)[0] or e["p90"] > bound(e)[1])]
+              e["median"] > error_bound(e["gpu"], e["group"])[0]
+              or e["p90"] > error_bound(e["gpu"], e["group"])[1])]
     check = profiler_vs_vidur(args.profiles) if (args.profiles / "vidur").is_dir() else {}
     result = {"from": source, "errors": errors, "profiler_vs_vidur": check, "speed": speed(),
               "failed": len(failed)}

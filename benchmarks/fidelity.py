@@ -184,6 +184,11 @@ TARGETS = {"e2e_p50": 0.05, "ttft_p90": 0.15, "throughput": 0.03}
 # the built-in profile's neighbour slowdowns times this in request streams (see the module
 # doc): `--refit-contention` on the 24 live replays of two runs at the defaults
 CONTENTION_SCALE = 0.64
+# the engine settings the simulated instances take (``setup.engine`` records them with the
+# engine count, pinning and cores, and --refit-contention reads them back); the last two only
+# where the engine's /metrics gave its KV cache
+_SIM_ENGINE_KEYS = ("max_num_seqs", "max_num_batched_tokens", "kv_capacity_tokens",
+                    "block_size")
 _BLOCKS = re.compile(r'vllm:cache_config_info\{[^}]*num_gpu_blocks="(\d+)"')
 _BLOCK_SIZE = re.compile(r'vllm:cache_config_info\{[^}]*block_size="(\d+)"')
 
@@ -377,9 +382,7 @@ def refit_contention(paths: list[str], use_checked_neighbour: bool = False,
             doc = json.loads(Path(path).read_text())
             setup, runs = doc["setup"], doc["runs"]
             folder = Path(setup["out"])
-            engine = {k: v for k, v in setup["engine"].items()
-                      if k in ("max_num_seqs", "max_num_batched_tokens", "kv_capacity_tokens",
-                               "block_size")}
+            engine = {k: v for k, v in setup["engine"].items() if k in _SIM_ENGINE_KEYS}
             names = [f"engine-{k}" for k in range(setup["engine"]["engines"])]
             profiles = setup["profile"]   # a list when each engine was calibrated there
             profiles = profiles if isinstance(profiles, list) else [profiles] * len(names)
@@ -474,9 +477,7 @@ def run(args) -> dict:
                             health_timeout_s=600) as group:
         urls = list(group.urls)
         kv = _kv_tokens(urls[0])
-        engine = {"max_num_seqs": seqs, "max_num_batched_tokens": batched}
-        if kv is not None:
-            engine.update(kv_capacity_tokens=kv[0], block_size=kv[1])
+        engine = dict(zip(_SIM_ENGINE_KEYS, (seqs, batched, *(kv or ())), strict=False))
         profiles = [profile] * len(names)
         if args.calibrate:
             profiles = [str(p) for p in _calibrate_here(urls, out, args.calibrate_budget,

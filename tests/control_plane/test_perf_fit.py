@@ -16,20 +16,13 @@ import pytest
 
 from control_plane.perf import load_coefficients
 from control_plane.perf.coefficients import BUILTIN_COEFFICIENTS
+from sagellm.perf_fit import error_bound
 
 ROOT = Path(__file__).resolve().parents[2]
 PROFILES = Path(os.environ.get("SAGELLM_PROFILES", ROOT.parent / "shared" / "profiles"))
 HAVE_PROFILES = (PROFILES / "vidur").is_dir()
 RAW = json.loads(BUILTIN_COEFFICIENTS.read_text())
 
-# (median, p90) ceilings of |predicted / measured - 1| per op group
-THRESHOLDS = {"layer_sum": (0.10, 0.25), "gemm": (0.15, 0.30), "elementwise": (0.20, 0.35),
-              "attn_prefill": (0.10, 0.20), "attn_decode": (0.10, 0.30),
-              "attn_kv_cache_save": (0.10, 0.20), "layer": (0.08, 0.20)}
-# the h100 family's matmuls are fitted on Vidur's eager per-op timings, its whole layers are
-# measured as CUDA graphs: 7.3 % (train) and 8.2 % (3 held-out models) median on them
-FAMILY_THRESHOLDS = {("h100", "layer"): (0.10, 0.20)}
-NETWORK = (0.15, 0.35)
 
 
 def test_provenance():
@@ -79,9 +72,8 @@ def test_recorded_errors_are_below_thresholds():
         for group in ("attn_prefill", "attn_decode", "attn_kv_cache_save", "layer"):
             assert {(gpu, gpu, group, "train"), (gpu, gpu, group, "held_out")} <= groups
     own = [r for r in rows if r["coeffs"] == r["gpu"]]
-    def bound(r):
-        return FAMILY_THRESHOLDS.get((r["gpu"], r["group"]), THRESHOLDS.get(r["group"], NETWORK))
-    bad = [r for r in own if r["median"] > bound(r)[0] or r["p90"] > bound(r)[1]]
+    bad = [r for r in own if r["median"] > error_bound(r["gpu"], r["group"])[0]
+           or r["p90"] > error_bound(r["gpu"], r["group"])[1]]
     assert not bad, bad
     held = [r for r in rows if r["split"] == "held_out"]
     assert {m for r in held for m in r["models"]} == {
