@@ -24,7 +24,6 @@ HAVE_PROFILES = (PROFILES / "vidur").is_dir()
 RAW = json.loads(BUILTIN_COEFFICIENTS.read_text())
 
 
-
 def test_provenance():
     assert "microsoft/vidur commit 7d47513363ec447a741ac5e47241580b47724fbf" in RAW["source"]
     assert "live/op_profile.py" in RAW["source"] and "gpu_profiles" in RAW["source"]
