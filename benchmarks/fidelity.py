@@ -80,7 +80,8 @@ run at the defaults, 3 % of speed moved the e2e median by 6-15 %).
 uses the target, and ``runs[].speed_moved``: each engine's ``|ln(after / before)|`` of its
 decode factor over each replay; ``failures_below_speed_resolution`` lists the misses whose
 target needs the speed right to less than the median of those moves
-(:mod:`sagellm.speed_sensitivity`). ``runs[].err_ci90``
+(:mod:`sagellm.speed_sensitivity`; ``--reassess RUN.json ...`` gives them for runs recorded
+before, no engines). ``runs[].err_ci90``
 gives, per latency figure, the 90 % bootstrap interval of the signed error
 ``sim / live - 1`` (the requests drawn again, :mod:`sagellm.fidelity_stats`),
 ``failures_within_sampling`` the misses whose interval reaches into the target, and
@@ -418,6 +419,37 @@ def refit_contention(paths: list[str], use_checked_neighbour: bool = False,
             "paired_fitted": _round(paired_errors(live_all, sim_at(fit.scale)))}
 
 
+def reassess(paths: list[str]) -> dict:
+    """The target report of recorded runs (this benchmark's JSON output, ``paths``) made
+    again with this version's classifications, no engines: per run file, every load and
+    router's speed sensitivity (``speed_elasticity``, ``speed_tolerance`` from its
+    ``err_speed_band``, ``speed_moved`` from its speed checks; absent where it recorded
+    neither) and :func:`sagellm.fidelity.target_report` over its runs with its own targets
+    (``failures_below_speed_resolution`` included, which runs recorded before it lack)."""
+    out = []
+    for path in paths:
+        try:
+            doc = json.loads(Path(path).read_text())
+            runs, targets = doc["runs"], doc.get("targets", TARGETS)
+            cells = []
+            for r in runs:
+                cell = {"load": r["load"], "router": r["router"]}
+                if r.get("err_speed_band"):
+                    el = speed_elasticity(r["err_speed_band"])
+                    cell["speed_elasticity"] = _round(el)
+                    cell["speed_tolerance"] = {k: None if v is None else round(v, 4)
+                                               for k, v in speed_tolerance(el, targets).items()}
+                if r.get("speed"):
+                    cell["speed_moved"] = [round(m, 4) for m in speed_moves(r["speed"])]
+                cells.append(cell)
+            report = target_report(runs, targets)
+        except (OSError, KeyError, ValueError, TypeError) as exc:
+            raise SystemExit(f"--reassess {path}: not a fidelity run ({type(exc).__name__}: "
+                             f"{exc})") from exc
+        out.append({"path": str(path), "runs": cells, **report})
+    return {"reassessed": out}
+
+
 def _calibrate_here(urls: list[str], out: Path, budget_s: float, repeats: int) -> list[Path]:
     """Calibrate each launched engine, the next one as its neighbour (``sagellm calibrate
     --engine URL --neighbour URL``, in this process as the replay's client will be): one
@@ -672,6 +704,10 @@ def main() -> int:
                     help="no live run: fit the contention scale on the live replays of these "
                     "recorded runs (this benchmark's --json output, records under their "
                     "setup.out) and print it")
+    ap.add_argument("--reassess", nargs="+", metavar="RUN_JSON",
+                    help="no live run: the target report of these recorded runs made again "
+                    "with this version's classifications (speed sensitivity, "
+                    "failures_below_speed_resolution), printed as JSON")
     ap.add_argument("--train-requests", type=int, default=400,
                     help="rows of the trace after the test rows replayed for the fit")
     ap.add_argument("--train-load", type=float, default=0.65,
@@ -682,7 +718,8 @@ def main() -> int:
     ap.add_argument("--speed-band", type=float, default=0.03,
                     help="also simulate each replay with the engines this fraction faster and "
                     "slower than checked (runs[].err_speed_band; 0: not): consecutive speed "
-                    "checks differed by a median 3 %% here, and near capacity the latencies "
+                    "checks differed by a median 3 %% in the first runs here (4.2 %% over "
+                    "six later ones), and near capacity the latencies "
                     "move several times as much as the speed")
     ap.add_argument("--live-repeats", type=int, default=2,
                     help="live replays of each load and router (the live figures pool them; "
@@ -719,6 +756,9 @@ def main() -> int:
         ap.error(f"--train-load {args.train_load}: must be > 0")
     if args.live_repeats < 1:
         ap.error(f"--live-repeats {args.live_repeats}: must be >= 1")
+    if args.reassess:
+        print(json.dumps(reassess(args.reassess), indent=2))
+        return 0
     if args.refit_contention:
         print(json.dumps(refit_contention(args.refit_contention, args.use_checked_neighbour,
                                           args.scrape_interval), indent=2))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -41,7 +43,6 @@ def test_refit_recovers_the_scale_recorded_replays_were_made_with(tmp_path):
     """--refit-contention on a recorded run whose "live" replays are simulations with the
     slowdowns x 0.6 (at the engines' checked speed) finds 0.6 again."""
     import dataclasses
-    import json
 
     import numpy as np
 
@@ -76,3 +77,39 @@ def test_refit_recovers_the_scale_recorded_replays_were_made_with(tmp_path):
     assert out["paired_at_1"]["tpot"] > 0.01 and abs(out["paired_fitted"]["tpot"]) < 0.01
     with pytest.raises(SystemExit, match=r"--refit-contention .*nope\.json: not a fidelity run"):
         bench.refit_contention([str(tmp_path / "nope.json")])
+
+
+def test_reassess_classifies_recorded_runs_again_without_engines(tmp_path):
+    """--reassess on a run recorded before the speed-resolution classification: the misses
+    whose target needs the speed finer than the checks moved are listed; a run without
+    checks or band gets no speed figures; a file that is not a run is named."""
+    nan = float("nan")
+    spread = dict.fromkeys(("e2e_p50", "ttft_p90", "throughput"), nan)
+
+    def band(el):   # signed e2e errors at 0.97 / 1.03 of a figure going as factor^el
+        return {f"{f:g}": {"e2e_p50": 1.1 * f ** el - 1} for f in (0.97, 1.03)}
+
+    checks = [{"decode": 1.0}, {"decode": 1.05}, {"decode": 1.0}]
+    runs = [{"load": 0.8, "router": "round_robin", "live_spread": spread,
+             "err": {"e2e_p50": 0.2, "ttft_p90": 0.0, "throughput": 0.0},
+             "err_speed_band": band(4.0), "speed": {"engine-0": {"checks": checks}}},
+            {"load": 0.5, "router": "least_loaded", "live_spread": spread,
+             "err": {"e2e_p50": 0.08, "ttft_p90": 0.0, "throughput": 0.0}}]
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"runs": runs, "targets": {"e2e_p50": 0.05}}))
+    res = subprocess.run([sys.executable, str(BENCH), "--reassess", str(path)],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    (doc,) = json.loads(res.stdout)["reassessed"]
+    assert doc["path"] == str(path)
+    first, second = doc["runs"]
+    assert first["speed_elasticity"]["e2e_p50"] == pytest.approx(4.0)
+    assert first["speed_tolerance"] == {"e2e_p50": pytest.approx(0.0125)}
+    assert first["speed_moved"] == pytest.approx([math.log(1.05)] * 2, abs=1e-4)
+    assert second == {"load": 0.5, "router": "least_loaded"}
+    assert len(doc["target_failures"]) == 2
+    assert doc["failures_below_speed_resolution"] == [doc["target_failures"][0]]
+    bad = tmp_path / "empty.json"
+    bad.write_text("")
+    with pytest.raises(SystemExit, match=r"--reassess .*empty\.json: not a fidelity run"):
+        _bench().reassess([str(bad)])
