@@ -6,7 +6,8 @@ Accuracy: relative error |predicted / measured - 1| of the committed coefficient
 op group: ``gemm`` (each of a layer's 4 matmuls), ``elementwise`` (norms, RoPE, activation,
 residual add), ``layer_sum`` (a layer's 9 non-attention ops summed, what an iteration
 adds up), for the models the fit used (``train``: Llama-2-7B/70B) and the ones it did not
-(``held_out``: Llama-3-8B/70B on A100, CodeLlama-34B on H100); and per collective, link
+(``held_out``: Llama-3-8B/70B on A100, CodeLlama-34B and Llama-3-8B/70B on the H100 and
+H200); and per collective, link
 and GPU count for all-reduce and send/recv (``in_sample``). Read from the profiles when
 present (``--profiles``, default ../shared/profiles of the repo), else the figures the
 JSON recorded at fit time are printed (``"from": "recorded"``). The measured profiles
@@ -58,7 +59,7 @@ def profiler_vs_vidur(profiles: Path) -> dict:
     from sagellm.perf_fit import LAYER_OPS
     from sagellm.perf_fit_measured import MEASURED_PROFILES
     out = {}
-    for ours in sorted((MEASURED_PROFILES / "h100-vs-vidur").glob("mlp__*.csv.gz")):
+    for ours in sorted((MEASURED_PROFILES / "h100").glob("mlp__*.csv.gz")):
         theirs = profiles / "vidur" / ours.name
         if not theirs.is_file():
             continue

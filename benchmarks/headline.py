@@ -58,7 +58,9 @@ QUEUE_NOTE = ("the queue policies order the control plane's global queue. Withou
               "the policy's order decides who waits")
 GATE = 0.8  # ControlPlaneConfig.tpot_gate of the gated pairs
 AZURE_DIAGNOSIS = (
-    "why the gate (diagnosis at the knee without it, workload seed 0): with fifo / "
+    "why the gate (diagnosis at the knee without it, workload seed 0, made when the h100 "
+    "family's matmuls were still fitted on Vidur's H100 profiles and the knee was at 0.8 x "
+    "cap; the A100s' coefficients are unchanged since): with fifo / "
     "round_robin 1,109 interactive requests miss, 1,034 of them their TTFT, after 3.4 s "
     "(mean) in the control plane's queue (0.06 s in the engines' queues); with priority / "
     "round_robin 243 miss, 239 of them their 100 ms TPOT, every one on an A100: round robin "
@@ -67,7 +69,9 @@ AZURE_DIAGNOSIS = (
     "p90 (the H100s: 17 ms). The gate keeps interactive work off an engine predicted past "
     "0.8 x 100 ms and holds what fits nowhere in the queue, where priority orders it")
 MOONCAKE_DIAGNOSIS = (
-    "diagnosis at the knee (priority / round_robin, no gate): 215 of the 227 missed "
+    "diagnosis at the knee (priority / round_robin, no gate; made when the h100 family's "
+    "matmuls were still fitted on Vidur's H100 profiles and the knee was at 0.644 x cap): "
+    "215 of the 227 missed "
     "interactive requests miss their 1 s TTFT, 159 of them on the A100s (79 % of the "
     "interactive requests served there miss, 21-27 % on the H100s): a mean prompt takes "
     "about 1 s to prefill on an A100; they waited 2.6 s (mean) in the engines' queues and "

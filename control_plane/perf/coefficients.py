@@ -1,8 +1,9 @@
 """Fitted efficiency and overhead coefficients of the roofline, loaded from JSON.
 
 The built-in file ``data/fitted_coefficients.json`` is written by ``sagellm/perf_fit.py``
-from Vidur's public operator profiles (A100, H100) and the project's own H100/H200 profiles
-(``data/gpu_profiles``; its ``source`` field cites both). Coefficients are kept per
+from Vidur's public operator profiles (the A100's) and the project's own H100/H200 profiles
+(``data/gpu_profiles``; its ``source`` field cites both; a GPU the project profiled is fitted
+on its own files alone). Coefficients are kept per
 *family*, a profiled GPU; other GPUs borrow a family's coefficients through
 ``GPUSpec.family`` (L40S -> a100: unvalidated assumption) and apply them to their own peak
 FLOP/s and bandwidths. The H200 was priced with the h100 family's until it was profiled:
