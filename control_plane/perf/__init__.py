@@ -4,7 +4,8 @@
   ``MODELS``, ``get_model``, ``from_hf_config``): built-in specs with cited figures.
 - :mod:`parallel` (``ParallelConfig``) and :mod:`memory`: weights per GPU, KV capacity.
 - :mod:`roofline` (``RooflinePredictor``): roofline with efficiencies, launch costs and
-  collective costs fitted to Vidur's public operator profiles (:mod:`coefficients`,
+  collective costs fitted to operator profiles: the project's own H100 and H200 ones and
+  Vidur's public A100 ones and collectives (:mod:`coefficients`,
   ``data/fitted_coefficients.json``, written by ``sagellm/perf_fit.py``).
 - :mod:`profile` (``FittedPredictor``, ``predictor_for``, ``resolve_profile``): measured
   iteration-time tables (with per-request overheads), which replace the roofline where one
