@@ -176,11 +176,7 @@ from sagellm.fidelity_stats import (  # noqa: E402
 from sagellm.latency_cdfs import cdf_figure  # noqa: E402
 from sagellm.profiled import load_profile  # noqa: E402
 from sagellm.results import records_frame  # noqa: E402
-from sagellm.speed_sensitivity import (  # noqa: E402
-    speed_elasticity,
-    speed_moves,
-    speed_tolerance,
-)
+from sagellm.speed_sensitivity import speed_figures  # noqa: E402
 
 TRACE = ROOT.parent / "shared" / "traces" / "azure_llm_2023_conv.csv"
 TARGETS = {"e2e_p50": 0.05, "ttft_p90": 0.15, "throughput": 0.03}
@@ -433,17 +429,9 @@ def reassess(paths: list[str]) -> dict:
         try:
             doc = json.loads(Path(path).read_text())
             runs, targets = doc["runs"], doc.get("targets", TARGETS)
-            cells = []
-            for r in runs:
-                cell = {"load": r["load"], "router": r["router"]}
-                if r.get("err_speed_band"):
-                    el = speed_elasticity(r["err_speed_band"])
-                    cell["speed_elasticity"] = _round(el)
-                    cell["speed_tolerance"] = {k: None if v is None else round(v, 4)
-                                               for k, v in speed_tolerance(el, targets).items()}
-                if r.get("speed"):
-                    cell["speed_moved"] = [round(m, 4) for m in speed_moves(r["speed"])]
-                cells.append(cell)
+            cells = [{"load": r["load"], "router": r["router"],
+                      **_speed_fields(r.get("err_speed_band"), r.get("speed"), targets)}
+                     for r in runs]
             report = target_report(runs, targets)
         except (OSError, KeyError, ValueError, TypeError) as exc:
             raise SystemExit(f"--reassess {path}: not a fidelity run ({type(exc).__name__}: "
@@ -580,10 +568,6 @@ def run(args) -> dict:
                         simulate(a, [dataclasses.replace(i, predictor=i.predictor.scaled(f, f))
                                      for i in ri]).records for a, ri, _ in speeds]), fl))
                         for f in (1 - args.speed_band, 1 + args.speed_band)}
-                    el = speed_elasticity(extra["err_speed_band"])
-                    extra["speed_elasticity"] = _round(el)
-                    extra["speed_tolerance"] = {k: None if v is None else round(v, 4)
-                                                for k, v in speed_tolerance(el, TARGETS).items()}
                 if checks and args.neighbour_check:   # the other decode-by-decode slowdown
                     other = not args.use_checked_neighbour
                     extra["err_checked_neighbour" if other else "err_profile_neighbour"] = \
@@ -595,12 +579,12 @@ def run(args) -> dict:
                         simulate(a, _at_speed(insts, cs, args.use_checked_neighbour)).records
                         for a, _, cs in speeds]), fl))
                 if checks:   # the profile as measured, without the speed checks
-                    report = _speed_report(checks, names)
-                    extra.update(speed=report,
-                                 speed_moved=[round(m, 4) for m in speed_moves(report)],
+                    extra.update(speed=_speed_report(checks, names),
                                  err_profile_speed=_round(rel_errors(figures(simulate(
                                      reqs, _at_speed(insts, [], False, contention)).records),
                                      fl)))
+                extra.update(_speed_fields(extra.get("err_speed_band"), extra.get("speed"),
+                                           TARGETS))
                 runs.append({"load": load, "router": router, "rate_per_s": round(rate, 4),
                              "live": _round(fl), "sim": _round(fs), "err": _round(err),
                              "err_ci90": {k: [round(v, 6) for v in lh] for k, lh in ci.items()},
@@ -644,6 +628,18 @@ def run(args) -> dict:
 
 def _round(d: dict) -> dict:
     return {k: round(v, 6) for k, v in d.items()}
+
+
+def _speed_fields(band: dict | None, speed: dict | None, targets: dict) -> dict:
+    """:func:`sagellm.speed_sensitivity.speed_figures`, rounded for the JSON."""
+    out = speed_figures(band, speed, targets)
+    if "speed_elasticity" in out:
+        out["speed_elasticity"] = _round(out["speed_elasticity"])
+        out["speed_tolerance"] = {k: None if v is None else round(v, 4)
+                                  for k, v in out["speed_tolerance"].items()}
+    if "speed_moved" in out:
+        out["speed_moved"] = [round(m, 4) for m in out["speed_moved"]]
+    return out
 
 
 def _plot(out: Path) -> None:

@@ -52,7 +52,7 @@ from sagellm.capacity import cluster_capacity_rps
 from sagellm.latency_cdfs import latencies
 from sagellm.profiled import profiled_instances
 from sagellm.results import records_frame
-from sagellm.speed_sensitivity import speed_elasticity, speed_moves, speed_tolerance
+from sagellm.speed_sensitivity import speed_figures
 from sim import SimConfig, SimResult, simulate
 from sim.config import InstanceSim
 from workloads import read_trace
@@ -259,6 +259,9 @@ def target_report(runs: Sequence[dict], targets: dict[str, float]) -> dict:
     ``live_spread_max`` (per figure, over the runs; None without repeats)."""
     fails, beyond, sampling, drift, resolution = [], [], [], [], []
     for r in runs:
+        sens = speed_figures(r.get("err_speed_band"), r.get("speed"), targets)
+        moves = sens.get("speed_moved")
+        moved = float(np.median(moves)) if moves else None
         for k, lim in targets.items():
             err, spread = r["err"][k], r["live_spread"][k]
             if err <= lim:
@@ -279,7 +282,7 @@ def target_report(runs: Sequence[dict], targets: dict[str, float]) -> dict:
                 line += (f" ({'/'.join(r['err_speed_band'])} x the checked speed: "
                          f"{lo * 100:+.1f}%..{hi * 100:+.1f}%)")
                 in_band = lo <= lim and hi >= -lim
-            need, moved = _speed_resolution(r, k, lim)
+            need = sens.get("speed_tolerance", {}).get(k)
             if need is not None and moved is not None:
                 line += (f" (needs the speed right to {need * 100:.1f}%; the checks around a "
                          f"replay moved by a median {moved * 100:.1f}%)")
@@ -300,20 +303,6 @@ def target_report(runs: Sequence[dict], targets: dict[str, float]) -> dict:
             "failures_within_speed_band": drift,
             "failures_below_speed_resolution": resolution,
             "live_spread_max": {k: round(max(v), 6) for k, v in spreads.items() if v} or None}
-
-
-def _speed_resolution(run: dict, figure: str, target: float
-                      ) -> tuple[float | None, float | None]:
-    """(the iteration-time error that alone uses ``target`` for ``figure``, the median move
-    of the run's speed checks over a replay); None for what the run does not record."""
-    band, speed = run.get("err_speed_band"), run.get("speed")
-    need = moved = None
-    if band and len(band) >= 2:
-        need = speed_tolerance(speed_elasticity(band), {figure: target}).get(figure)
-    if speed:
-        moves = speed_moves(speed)
-        moved = float(np.median(moves)) if moves else None
-    return need, moved
 
 
 def write_records(out: str | Path, load: float, router: str, source: str,

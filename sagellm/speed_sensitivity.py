@@ -23,6 +23,7 @@ lists such misses apart.
   the speed).
 - :func:`speed_moves`: ``|ln(after / before)|`` of each engine's decode factor over each
   pair of consecutive speed checks (the report's ``runs[].speed``).
+- :func:`speed_figures`: the three for one load and router of the report.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import itertools
 import math
 from collections.abc import Mapping
 
-__all__ = ["speed_elasticity", "speed_moves", "speed_tolerance"]
+__all__ = ["speed_elasticity", "speed_figures", "speed_moves", "speed_tolerance"]
 
 
 def _factor(key: str) -> float:
@@ -95,4 +96,19 @@ def speed_moves(speed: Mapping[str, Mapping]) -> list[float]:
                                  f"positive number")
             values.append(float(v))
         out += [abs(math.log(b / a)) for a, b in itertools.pairwise(values)]
+    return out
+
+
+def speed_figures(band: Mapping[str, Mapping[str, float]] | None,
+                  speed: Mapping[str, Mapping] | None,
+                  targets: Mapping[str, float]) -> dict:
+    """One load and router's ``speed_elasticity`` and ``speed_tolerance`` (from its speed
+    ``band``, the report's ``err_speed_band``) and ``speed_moved`` (from its ``speed``
+    checks), each only where the run recorded what it comes from (None or empty: not)."""
+    out: dict = {}
+    if band:
+        el = speed_elasticity(band)
+        out.update(speed_elasticity=el, speed_tolerance=speed_tolerance(el, targets))
+    if speed:
+        out["speed_moved"] = speed_moves(speed)
     return out

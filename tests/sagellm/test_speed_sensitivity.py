@@ -3,7 +3,12 @@ import math
 import pytest
 
 from sagellm.fidelity import target_report
-from sagellm.speed_sensitivity import speed_elasticity, speed_moves, speed_tolerance
+from sagellm.speed_sensitivity import (
+    speed_elasticity,
+    speed_figures,
+    speed_moves,
+    speed_tolerance,
+)
 
 TARGETS = {"e2e_p50": 0.05, "ttft_p90": 0.15, "throughput": 0.03}
 
@@ -86,3 +91,15 @@ def test_target_report_lists_the_misses_finer_than_the_speed_checks_follow():
     rep = target_report([bare], TARGETS)
     assert rep["target_failures"] == ["load 0.8 round_robin: e2e_p50 error 20.0% > 5%"]
     assert rep["failures_below_speed_resolution"] == []
+
+
+def test_speed_figures_come_only_from_what_a_run_recorded():
+    band = _band({"e2e_p50": 4.0})
+    speed = {"engine-0": {"checks": [{"decode": 1.0}, {"decode": 1.05}]}}
+    both = speed_figures(band, speed, TARGETS)
+    assert both["speed_elasticity"]["e2e_p50"] == pytest.approx(4.0)
+    assert both["speed_tolerance"] == {"e2e_p50": pytest.approx(0.0125)}
+    assert both["speed_moved"] == pytest.approx([math.log(1.05)])
+    assert set(speed_figures(None, speed, TARGETS)) == {"speed_moved"}
+    assert set(speed_figures(band, {}, TARGETS)) == {"speed_elasticity", "speed_tolerance"}
+    assert speed_figures(None, None, TARGETS) == {}
