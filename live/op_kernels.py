@@ -158,16 +158,22 @@ def kv_save(s: Shard, tokens: int, dtype, gen):
     return lambda: cache.index_copy_(1, idx, new)
 
 
-def layer_forward(s: Shard, prefill: int, seqs: int, context: int, dtype, gen):
+def layer_forward(s: Shard, prefill: int, seqs: int, context: int, dtype, gen,
+                  mlp: Callable[[torch.Tensor], torch.Tensor] | None = None):
     """Closure running one decoder layer over a batch: ``prefill`` tokens of one prompt and
-    ``seqs`` decoding sequences at ``context`` tokens each."""
+    ``seqs`` decoding sequences at ``context`` tokens each. ``mlp`` replaces the dense gated
+    MLP (a MoE block: :func:`live.op_moe.moe_block`)."""
     t, h, d, hq, kvg = prefill + seqs, s.h, s.d, s.hq, s.kvg
 
     def r(*shape):
         return rand(gen, dtype, *shape, std=0.02)
 
     w_qkv, w_o = r((hq + 2 * kvg) * d, h), r(h, hq * d)
-    w_up, w_down = r(2 * s.i, h), r(h, s.i)
+    if mlp is None:
+        w_up, w_down = r(2 * s.i, h), r(h, s.i)
+
+        def mlp(y: torch.Tensor) -> torch.Tensor:
+            return F.linear(KERNELS["gated_silu"](F.linear(y, w_up)), w_down)
     n1, n2 = r(h), r(h)
     x = r(t, h)
     cos, sin = r(t, 1, d // 2), r(t, 1, d // 2)
@@ -190,6 +196,5 @@ def layer_forward(s: Shard, prefill: int, seqs: int, context: int, dtype, gen):
             outs.append(decode_attention(qd, *kv_dec).reshape(seqs, hq * d))
         a = outs[0] if len(outs) == 1 else torch.cat(outs)
         x2 = F.linear(a, w_o) + x
-        z = KERNELS["gated_silu"](F.linear(rms_norm(x2, n2), w_up))
-        return F.linear(z, w_down) + x2
+        return mlp(rms_norm(x2, n2)) + x2
     return run

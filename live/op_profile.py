@@ -18,10 +18,14 @@ reads both alike), times in milliseconds per call:
   ``attn_prefill``) or a decode of ``batch_size`` sequences over ``kv_cache_size`` context
   tokens each (``attn_decode``), plus ``attn_kv_cache_save`` (writing the step's new K and
   V into a cache);
+- ``moe__<gpu>__<org>__<model>.csv`` (MoE models, ``--parts moe``): one row per
+  (``num_tokens``, ``num_tensor_parallel_workers``) with the MoE block's ops
+  (:mod:`live.op_moe`): router, routing, the two grouped expert matmuls, activation,
+  combine, and the whole block ``moe``;
 - ``layer__<gpu>__<org>__<model>.csv``: one whole decoder layer (the ops above chained,
   attention included) for a batch of ``prefill_tokens`` (one prompt) and ``decode_seqs``
   sequences at ``decode_context`` tokens each: what an iteration is made of, to check the
-  iteration-time predictor end to end;
+  iteration-time predictor end to end (a MoE model's layer has its MoE block);
 - ``meta.json``: device, torch and CUDA versions, timing method, the command, and a
   measured bf16 matmul rate and device-to-device copy bandwidth.
 
@@ -60,13 +64,15 @@ from live.op_kernels import (
     prefill_attention,
     rand,
 )
+from live.op_moe import MoeShard, MoeWeights, moe_block, moe_closures
 from live.op_timer import time_op
 
 __all__ = ["HF_IDS", "main", "profile_attention", "profile_layer", "profile_mlp"]
 
 HF_IDS = {"llama-2-7b": "meta-llama/Llama-2-7b-hf", "llama-2-70b": "meta-llama/Llama-2-70b-hf",
           "llama-3-8b": "meta-llama/Meta-Llama-3-8B", "llama-3-70b": "meta-llama/Meta-Llama-3-70B",
-          "codellama-34b": "codellama/CodeLlama-34b-Instruct-hf", "qwen2.5-7b": "Qwen/Qwen2.5-7B"}
+          "codellama-34b": "codellama/CodeLlama-34b-Instruct-hf", "qwen2.5-7b": "Qwen/Qwen2.5-7B",
+          "mixtral-8x7b": "mistralai/Mixtral-8x7B-v0.1", "qwen3-30b-a3b": "Qwen/Qwen3-30B-A3B"}
 TOKENS = (1, 2, 4, 8, 16, 32, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
 PREFILL = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 DECODE_BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -75,6 +81,7 @@ LAYER_BATCHES = ((0, 1, 512), (0, 8, 512), (0, 32, 1024), (0, 128, 1024), (0, 64
                  (0, 256, 2048), (128, 0, 0), (512, 0, 0), (2048, 0, 0), (4096, 0, 0),
                  (256, 32, 1024), (1024, 64, 1024), (2048, 128, 2048))
 KV_CAP_BYTES = 8 * 2**30
+PARTS = ("mlp", "attention", "layer", "moe")
 
 
 def _row(stats_by_op: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -95,6 +102,30 @@ def profile_mlp(model: ModelSpec, tps, tokens, device, dtype, reps: int, inner: 
                          "n_expanded_embd": model.intermediate, "vocab_size": model.vocab,
                          "use_gated_mlp": True, "num_tokens": t,
                          "num_tensor_parallel_workers": tp} | _row(st))
+        del w
+    return rows
+
+
+def profile_moe(model: ModelSpec, tps, tokens, device, dtype, reps: int, inner: int,
+                deadline: float) -> list[dict]:
+    """The MoE block's ops (:data:`live.op_moe.MOE_OPS`) per (tokens, tp); a dense model
+    has none."""
+    rows = []
+    if not model.is_moe:
+        return rows
+    for tp in tps:
+        w = MoeWeights(MoeShard(model, tp), device, dtype, inner, seed=100 + tp)
+        for t in tokens:
+            if time.monotonic() > deadline:
+                return rows
+            timings = {op: time_op(fns, device, reps, inner)
+                       for op, fns in moe_closures(w, t).items()}
+            rows.append({"model": model.name, "n_embd": model.hidden,
+                         "n_expanded_embd": model.intermediate, "n_experts": model.n_experts,
+                         "experts_per_token": model.experts_per_token, "num_tokens": t,
+                         "num_tensor_parallel_workers": tp,
+                         "cuda_graph": all(x.graph for x in timings.values())}
+                        | _row({op: x.stats() for op, x in timings.items()}))
         del w
     return rows
 
@@ -142,10 +173,15 @@ def profile_layer(model: ModelSpec, tps, batches, device, dtype, reps: int, inne
     gen = torch.Generator(device=device).manual_seed(11)
     for tp in tps:
         s = Shard(model, tp)
+        mlp = None
+        if model.is_moe:  # the MoE block in place of the dense MLP
+            mw = MoeWeights(MoeShard(model, tp), device, dtype, 1, seed=200 + tp)
+            mlp = functools.partial(moe_block, gate=mw.gate, w13=mw.experts[0][0],
+                                    w2=mw.experts[0][1], k=model.experts_per_token)
         for p, seqs, ctx in batches:
             if time.monotonic() > deadline:
                 return rows
-            fn = layer_forward(s, p, seqs, ctx, dtype, gen)
+            fn = layer_forward(s, p, seqs, ctx, dtype, gen, mlp)
             st = {"layer": time_op([fn], device, reps, inner).stats()}
             rows.append({"model": model.name, "num_tensor_parallel_workers": tp,
                          "prefill_tokens": p, "decode_seqs": seqs, "decode_context": ctx}
@@ -246,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--decode-context", default=",".join(map(str, DECODE_CONTEXT)))
     ap.add_argument("--layer-tp", default="1", help="shards of the whole-layer check")
     ap.add_argument("--parts", default="mlp,attention,layer",
-                    help="what to measure: any of mlp, attention, layer")
+                    help="what to measure: any of mlp, attention, layer, moe (MoE models)")
     ap.add_argument("--fuse", action="store_true",
                     help="torch.compile RoPE and the gated activation into fused kernels")
     ap.add_argument("--reps", type=int, default=10)
@@ -264,10 +300,10 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     tps = _ints(args.tp)
     wanted = [p.strip() for p in args.parts.split(",") if p.strip()]
-    bad = [p for p in wanted if p not in ("mlp", "attention", "layer")]
+    bad = [p for p in wanted if p not in PARTS]
     if bad or not wanted:
         ap.error(f"--parts {args.parts!r}: expected a comma-separated subset of "
-                 "mlp, attention, layer")
+                 f"{', '.join(PARTS)}")
     meta = {"command": " ".join([Path(sys.executable).name, "-m", "live.op_profile",
                                  *(argv if argv is not None else sys.argv[1:])]),
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -275,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
             "inner": args.inner, "units": "milliseconds per call",
             "elementwise": "rope and gated activation fused by torch.compile" if args.fuse
                            else "rope and gated activation as eager PyTorch ops",
+            "moe_kernels": "torch._grouped_mm for the expert matmuls" if "moe" in wanted
+                           else None,
             "timing": "CUDA graph of `inner` calls rotating weight copies > 256 MiB, "
                       "CUDA events per replay" if device.type == "cuda"
                       else "perf_counter over `inner` calls",
@@ -289,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
                 "attention": lambda m=model: profile_attention(
                     m, tps, _ints(args.prefill), _ints(args.decode_batch),
                     _ints(args.decode_context), device, dtype, args.reps, args.inner, deadline),
+                "moe": lambda m=model: profile_moe(m, tps, _ints(args.tokens), device, dtype,
+                                                   args.reps, args.inner, deadline),
                 "layer": lambda m=model: profile_layer(m, _ints(args.layer_tp), LAYER_BATCHES,
                                                        device, dtype, args.reps, args.inner,
                                                        deadline)}

@@ -115,6 +115,8 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("qwen2.5-7b", 28, 3584, 28, 4, 128, 18944, 152064),
         ModelSpec("mixtral-8x7b", 32, 4096, 32, 8, 128, 14336, 32000, n_experts=8,
                   experts_per_token=2),
+        ModelSpec("qwen3-30b-a3b", 48, 2048, 32, 4, 128, 768, 151936, n_experts=128,
+                  experts_per_token=8),
         ModelSpec("llama-2-7b", 32, 4096, 32, 32, 128, 11008, 32000),
         ModelSpec("llama-2-70b", 80, 8192, 64, 8, 128, 28672, 32000),
         ModelSpec("codellama-34b", 48, 8192, 64, 8, 128, 22016, 32000),
@@ -128,6 +130,7 @@ _ALIASES = {
     "llama3-70b": "llama-3-70b",
     "qwen/qwen2.5-7b": "qwen2.5-7b", "qwen2.5-7b-instruct": "qwen2.5-7b",
     "mistralai/mixtral-8x7b-v0.1": "mixtral-8x7b", "mixtral-8x7b-v0.1": "mixtral-8x7b",
+    "qwen/qwen3-30b-a3b": "qwen3-30b-a3b", "qwen3-30b-a3b-instruct-2507": "qwen3-30b-a3b",
     "llama-2-7b-hf": "llama-2-7b", "meta-llama/llama-2-7b-hf": "llama-2-7b",
     "llama-2-70b-hf": "llama-2-70b", "meta-llama/llama-2-70b-hf": "llama-2-70b",
     "codellama-34b-instruct-hf": "codellama-34b", "codellama/codellama-34b-hf": "codellama-34b",
@@ -160,7 +163,9 @@ def from_hf_config(config: dict | str | Path, name: str | None = None) -> ModelS
     Keys: ``num_hidden_layers``, ``hidden_size``, ``num_attention_heads``,
     ``intermediate_size``, ``vocab_size`` (required); ``num_key_value_heads`` (default:
     heads), ``head_dim`` (default hidden / heads), ``num_local_experts`` or ``num_experts``
-    and ``num_experts_per_tok`` (MoE), ``torch_dtype`` (default bf16),
+    and ``num_experts_per_tok`` (MoE; the expert width is ``moe_intermediate_size`` where the
+    config has it, as Qwen-MoE's do, since their ``intermediate_size`` is a dense MLP's; shared
+    experts are not modelled), ``torch_dtype`` (default bf16),
     ``tie_word_embeddings``. A multimodal config's ``text_config`` is used when present.
     """
     source = "config dict"
@@ -194,13 +199,15 @@ def from_hf_config(config: dict | str | Path, name: str | None = None) -> ModelS
     if dtype not in _DTYPE_BYTES:
         raise ConfigError(f"{source}: torch_dtype {dtype!r} not one of {sorted(_DTYPE_BYTES)}")
     n_experts = config.get("num_local_experts") or config.get("num_experts") or 1
+    width = "moe_intermediate_size" if n_experts > 1 and "moe_intermediate_size" in config \
+        else "intermediate_size"
     try:
         return ModelSpec(
             name=name or str(config.get("_name_or_path") or config.get("model_type") or "model"),
             layers=need("num_hidden_layers"), hidden=hidden, heads=heads,
             kv_heads=int(config.get("num_key_value_heads") or heads),
             head_dim=int(config.get("head_dim") or hidden // heads),
-            intermediate=need("intermediate_size"), vocab=need("vocab_size"),
+            intermediate=need(width), vocab=need("vocab_size"),
             n_experts=int(n_experts),
             experts_per_token=int(config.get("num_experts_per_tok") or 1) if n_experts > 1 else 1,
             dtype_bytes=_DTYPE_BYTES[dtype],
