@@ -27,6 +27,10 @@ Per family:
   is then the element-wise op ``attn_kv_cache_save``.
 - ``network_from`` (optional): the family whose collectives were copied, for a GPU
   profiled alone (one GPU has no all-reduce to measure).
+- ``moe_gemm`` (optional, the ``gemm`` fields): the grouped expert matmuls of a MoE block,
+  fitted on MoE profiles (``moe__*``); much less efficient than a dense matmul of the same
+  bytes at small token counts. ``moe_from`` names the family they were copied from; a
+  family without them prices the experts with ``gemm``.
 
 Top level: ``per_iteration_overhead_s`` (CPU-side scheduling, input preparation, sampling;
 NOT in the operator profiles, an assumption until calibrated), ``attention_causal_factor``.
@@ -99,6 +103,7 @@ class FamilyCoeffs:
     all_reduce: dict[str, dict[int, LinkCoeffs]]
     send_recv: dict[str, LinkCoeffs]
     attention: AttentionCoeffs | None = None
+    moe_gemm: GemmCoeffs | None = None  # grouped expert matmuls (MoE); None: ``gemm``
 
     def all_reduce_link(self, kind: str, n: int) -> LinkCoeffs:
         """Coefficients for an ``n``-GPU all-reduce over ``kind``: the fitted GPU count
@@ -139,6 +144,7 @@ class Coefficients:
                     send_recv={kind: LinkCoeffs(**c) for kind, c in f["send_recv"].items()},
                     attention=(AttentionCoeffs.from_dict(f["attention"])
                                if "attention" in f else None),
+                    moe_gemm=GemmCoeffs(**f["moe_gemm"]) if "moe_gemm" in f else None,
                 )
             return cls(families=fams,
                        per_iteration_overhead_s=float(d["per_iteration_overhead_s"]),

@@ -21,9 +21,13 @@ with the operator formulas of :mod:`control_plane.perf.ops` and the coefficients
   element-wise op); the others with the matmul roofline and its efficiencies.
 - MoE: tokens are routed uniformly to ``experts_per_token`` of ``n_experts``; the expected
   number of distinct local experts hit, ``n_local * (1 - (1 - k/n)**tokens)``, sets the
-  expert weight bytes read. With ``ep > 1`` each GPU holds ``n/ep`` experts, gets
-  ``T*k/min(tp, ep)`` routed tokens, and the MLP all-reduce becomes an all-to-all dispatch
-  plus combine priced like all-reduces over ``ep`` GPUs (unvalidated).
+  expert weight bytes read. The two grouped expert matmuls are priced with the family's
+  ``moe_gemm`` coefficients (fitted on MoE profiles; ``gemm`` where a family has none), plus
+  the router matmul, the routing (two launches) and the weighted combine of vLLM's
+  fused-MoE path (:meth:`RooflinePredictor.moe_parts`). With ``ep > 1`` each GPU holds
+  ``n/ep`` experts, gets ``T*k/min(tp, ep)`` routed tokens, and the MLP all-reduce becomes
+  an all-to-all dispatch plus combine priced like all-reduces over ``ep`` GPUs
+  (unvalidated).
 - TP all-reduce: ``alpha + 2 (n-1)/n * bytes / (eff * link)`` with the link NVLink or PCIe
   (per direction, ``GPUSpec``); TP beyond one node (``gpus_per_node``) is not modelled.
 - PP: ``iteration_s`` is the latency of one batch through all stages (``layers`` layer
@@ -47,6 +51,7 @@ from control_plane.perf.ops import (
     ELEMENTWISE_OPS,
     comm_terms,
     elementwise_bytes_per_token,
+    elementwise_s,
     gemm_s,
     gemm_shapes,
     roof_s,
@@ -153,17 +158,37 @@ class RooflinePredictor:
 
     def layer_linear_s(self, tokens: int) -> float:
         """One layer's matmuls and element-wise ops (no attention, no communication)."""
-        m, g, gc, b = self.model, self.gpu, self.fc.gemm, self.model.dtype_bytes
-        t = self._ew_const + self._ew_slope * tokens
+        g, gc, b = self.gpu, self.fc.gemm, self.model.dtype_bytes
+        t = self._ew_const + self._ew_slope * tokens  # a MoE block's activation included
         for _, (k, n) in self._shapes:
             t += gemm_s(tokens, k, n, g, gc, b)
         if self._moe:
-            routed = tokens * self._routed
-            hit = self._n_local * (1.0 - self._miss ** (tokens * self._spread))
-            t += gemm_s(tokens, m.hidden, m.n_experts, g, gc, b)  # router
-            t += gemm_s(routed, m.hidden, 2 * self._expert_i, g, gc, b, copies=hit)
-            t += gemm_s(routed, self._expert_i, m.hidden, g, gc, b, copies=hit)
+            t += sum(v for k, v in self.moe_parts(tokens).items() if k != "act")
         return t
+
+    def moe_parts(self, tokens) -> dict[str, float]:
+        """Seconds of one layer's MoE block for ``tokens`` tokens, per kernel as vLLM's
+        fused-MoE path runs them: ``router`` (the gate matmul), ``route`` (top-k softmax
+        and the alignment of the routed rows to experts: two launches), ``up`` and ``down``
+        (the grouped expert matmuls over the routed rows, reading the experts hit, priced
+        with the family's ``moe_gemm`` coefficients), ``act`` and ``combine`` (each token's
+        expert rows summed with its router weights: reads the routed rows, writes the
+        tokens')."""
+        if not self._moe:
+            return {}
+        m, g, b, add = self.model, self.gpu, self.model.dtype_bytes, self.fc.elementwise["add"]
+        gc = self.fc.moe_gemm or self.fc.gemm
+        routed = tokens * self._routed
+        hit = self._n_local * (1.0 - self._miss ** (tokens * self._spread))
+        act = self.fc.elementwise["mlp_act"]
+        return {
+            "router": gemm_s(tokens, m.hidden, m.n_experts, g, self.fc.gemm, b),
+            "route": 2 * add.launch_s,
+            "up": gemm_s(routed, m.hidden, 2 * self._expert_i, g, gc, b, copies=hit),
+            "act": elementwise_s(3 * b * self._expert_i * routed, g, act),
+            "down": gemm_s(routed, self._expert_i, m.hidden, g, gc, b, copies=hit),
+            "combine": elementwise_s(b * m.hidden * (routed + tokens), g, add),
+        }
 
     def breakdown(self, batch: Batch) -> dict[str, float]:
         """Seconds per component of one iteration; they sum to ``iteration_s(batch)``."""

@@ -79,7 +79,8 @@ def test_recorded_errors_are_below_thresholds():
     assert not bad, bad
     held = [r for r in rows if r["split"] == "held_out"]
     assert {m for r in held for m in r["models"]} == {
-        "Meta-Llama-3-8B", "Meta-Llama-3-70B", "CodeLlama-34b-Instruct-hf"}
+        "Meta-Llama-3-8B", "Meta-Llama-3-70B", "CodeLlama-34b-Instruct-hf",
+        "Qwen3-30B-A3B"}  # the last: MoE groups, fitted on Mixtral-8x7B
 
 
 def test_h200_own_fit_beats_the_borrowed_h100_coefficients():
@@ -168,3 +169,42 @@ def test_folders_that_are_not_fitted_are_named(tmp_path):
     assert measured_families(tmp_path) == ["h200"]
     assert [name for name, _ in skipped_folders(tmp_path)] == ["rtx-4090"]
     assert "add its GPUSpec" in skipped_folders(tmp_path)[0][1]
+
+
+def test_moe_fit_reproduces_and_beats_dense_matmul_coefficients():
+    """The grouped expert matmuls (``moe_gemm``) refit from the committed MoE profiles
+    match the JSON; priced with them the held-out model's MoE block is several times
+    closer to the measurement than priced with the dense matmul coefficients, which is why
+    they exist; the H100 borrows them and says so."""
+    import dataclasses
+
+    from sagellm.perf_fit_measured import MEASURED_PROFILES, load_kind
+    from sagellm.perf_fit_moe import MOE_TRAIN_MODELS, fit_moe_gemm, moe_errors
+
+    rows = load_kind(MEASURED_PROFILES, "moe")
+    assert sorted((g, name) for g, name, _ in rows) == [
+        ("h200", "Mixtral-8x7B-v0.1"), ("h200", "Qwen3-30B-A3B")]
+    fitted = fit_moe_gemm([d for _, name, d in rows if name in MOE_TRAIN_MODELS], "h200")
+    for k, v in fitted.items():
+        assert v == pytest.approx(RAW["families"]["h200"]["moe_gemm"][k], rel=1e-3)
+    assert RAW["families"]["h100"]["moe_gemm"] == RAW["families"]["h200"]["moe_gemm"]
+    assert RAW["families"]["h100"]["moe_from"] == "h200"
+    assert "moe_gemm" not in RAW["families"]["a100"]
+
+    coeffs = load_coefficients()
+    own = {(e["group"], e["split"]): e for e in moe_errors(coeffs, rows)}
+    recorded = {(r["group"], r["split"]): r for r in RAW["errors"]
+                if r["gpu"] == "h200" and r["group"].startswith("moe_")}
+    assert set(own) == set(recorded) == {(g, s) for g in ("moe_gemm", "moe_experts")
+                                         for s in ("train", "held_out")}
+    for key, e in own.items():
+        assert e["median"] == pytest.approx(recorded[key]["median"], rel=1e-3)
+    fams = dict(coeffs.families)
+    fams["h200"] = dataclasses.replace(fams["h200"], moe_gemm=None)
+    dense = {(e["group"], e["split"]): e
+             for e in moe_errors(dataclasses.replace(coeffs, families=fams), rows)}
+    for key in own:
+        assert own[key]["median"] < dense[key]["median"] / 2, key
+    # the dense coefficients price MoE experts too fast: that bias is what the fit removes
+    assert dense[("moe_experts", "held_out")]["bias"] < -0.25
+    assert abs(own[("moe_experts", "held_out")]["bias"]) < 0.05

@@ -36,6 +36,9 @@ def test_gpu_registry_and_aliases():
     ("llama-3-8b", 8.03e9, 8.03e9),
     ("llama-3-70b", 70.6e9, 70.6e9),
     ("mixtral-8x7b", 46.7e9, 12.9e9),
+    # the model card's "3.3B activated" is truncated: attention 0.91B + 8 experts 1.81B +
+    # embedding and LM head 0.62B per token
+    ("qwen3-30b-a3b", 30.5e9, 3.35e9),
     ("qwen2.5-7b", 7.62e9, 7.62e9),
     ("llama-2-7b", 6.74e9, 6.74e9),
     ("llama-2-70b", 68.98e9, 68.98e9),
@@ -81,6 +84,13 @@ def test_from_hf_config_moe_and_nested():
                "num_experts_per_tok": 2, "architectures": ["MixtralForCausalLM"]}
     m = from_hf_config(mixtral, name="mixtral-8x7b")
     assert m == MODELS["mixtral-8x7b"]
+    # Qwen-MoE configs give the expert width as moe_intermediate_size; their
+    # intermediate_size is a dense MLP's, which these models do not have
+    qwen3 = {"num_hidden_layers": 48, "hidden_size": 2048, "num_attention_heads": 32,
+             "num_key_value_heads": 4, "head_dim": 128, "intermediate_size": 6144,
+             "moe_intermediate_size": 768, "num_experts": 128, "num_experts_per_tok": 8,
+             "vocab_size": 151936, "torch_dtype": "bfloat16"}
+    assert from_hf_config(qwen3, name="qwen3-30b-a3b") == MODELS["qwen3-30b-a3b"]
     nested = from_hf_config({"text_config": LLAMA3_8B_CONFIG, "head_dim": 128}, name="vlm")
     assert nested.params == MODELS["llama-3-8b"].params
     assert from_hf_config({**LLAMA3_8B_CONFIG, "torch_dtype": "float32"}).dtype_bytes == 4

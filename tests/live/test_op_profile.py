@@ -124,3 +124,70 @@ def test_device_names_map_to_built_in_gpus_only_when_the_spec_fits(torch_python)
                        capture_output=True, text=True, timeout=120, check=True)
     assert json.loads(r.stdout) == ["h200", "h100", "nvidia-h100-pcie", "nvidia-h100-nvl",
                                     "a100", "nvidia-a100-80gb-pcie", "nvidia-l4"]
+
+
+def small_moe_config(tmp: Path) -> Path:
+    cfg = {"num_hidden_layers": 2, "hidden_size": 256, "num_attention_heads": 8,
+           "num_key_value_heads": 2, "intermediate_size": 1024, "moe_intermediate_size": 128,
+           "num_experts": 8, "num_experts_per_tok": 2, "vocab_size": 1000,
+           "torch_dtype": "bfloat16"}
+    path = tmp / "small-moe" / "config.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+MOE_OPS = ("moe_gate", "moe_route", "moe_up", "moe_act", "moe_down", "moe_combine", "moe")
+
+
+def test_profiles_a_moe_block_and_a_moe_layer(tmp_path, torch_python):
+    """``--parts moe`` writes the MoE block's ops per (tokens, TP) in the file that
+    ``sagellm.perf_fit_moe`` reads; the whole-layer check of a MoE model runs its MoE
+    block; a dense model has no MoE block to measure."""
+    out = tmp_path / "prof"
+    cmd = [torch_python, "-m", "live.op_profile", "--model", str(small_moe_config(tmp_path)),
+           "--model", str(small_config(tmp_path)), "--parts", "moe,layer", "--tp", "1,2",
+           "--device", "cpu", "--tokens", "1,8,32", "--reps", "2", "--inner", "2",
+           "--out", str(out)]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert sorted(p.name for p in out.iterdir()) == [
+        "layer__cpu__sagellm__small-moe.csv", "layer__cpu__sagellm__small.csv", "meta.json",
+        "moe__cpu__sagellm__small-moe.csv"]
+    moe = pd.read_csv(out / "moe__cpu__sagellm__small-moe.csv")
+    assert sorted(zip(moe.num_tensor_parallel_workers, moe.num_tokens, strict=True)) == [
+        (tp, t) for tp in (1, 2) for t in (1, 8, 32)]
+    assert (moe[[f"time_stats.{op}.median" for op in MOE_OPS]] > 0).all().all()
+    assert (moe.n_expanded_embd == 128).all() and (moe.n_experts == 8).all()
+    assert (moe.experts_per_token == 2).all() and not moe.cuda_graph.any()
+    assert (moe.model == "small-moe").all()
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["complete"] and meta["moe_kernels"].startswith("torch._grouped_mm")
+    assert meta["files"]["moe__cpu__sagellm__small-moe.csv"] == 6
+
+
+def test_moe_block_equals_each_token_through_its_experts(torch_python):
+    """The grouped MoE block (routing, sort, two grouped matmuls, combine) computes what
+    sending each token through its top-k experts one by one computes."""
+    code = """
+import torch, torch.nn.functional as F
+from control_plane.perf.models import ModelSpec
+from live.op_moe import MoeShard, MoeWeights, moe_block
+m = ModelSpec("t", 2, 64, 4, 2, 16, 96, 100, n_experts=8, experts_per_token=3)
+w = MoeWeights(MoeShard(m, 2), torch.device("cpu"), torch.float32, 1, seed=0)
+x = torch.randn(13, 64, generator=torch.Generator().manual_seed(1))
+w13, w2 = w.experts[0]
+y = moe_block(x, w.gate, w13, w2, 3)
+top_w, ids = torch.softmax(x @ w.gate.T, -1).topk(3, -1)
+ref = torch.zeros_like(x)
+for t in range(13):
+    for j in range(3):
+        g, u = (x[t] @ w13[ids[t, j]].T).chunk(2)
+        ref[t] += top_w[t, j] * ((F.silu(g) * u) @ w2[ids[t, j]].T)
+assert w13.shape == (8, 2 * 48, 64) and w2.shape == (8, 64, 48)
+print(float((y - ref).abs().max() / ref.abs().max()))
+"""
+    r = subprocess.run([torch_python, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert float(r.stdout) < 1e-5
