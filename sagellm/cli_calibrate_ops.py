@@ -1,6 +1,7 @@
 """``sagellm calibrate --ops``: profile a model's layer operators with PyTorch (a GPU machine
 without vLLM, or this CPU) by running :mod:`live.op_profile` in an interpreter that has
-torch, and say how to fit the roofline's coefficients from what it wrote."""
+torch (a MoE model's MoE block too), and say how to fit the roofline's coefficients from
+what it wrote."""
 
 from __future__ import annotations
 
@@ -49,8 +50,16 @@ def run_ops(out: str, model: str | None, tp: tuple[int, ...], gpu: str | None,
     if bad:
         raise click.BadParameter(f"{','.join(map(str, bad))}: a shard count must divide "
                                  f"{spec.name}'s {spec.heads} attention heads", param_hint="--tp")
+    parts = "mlp,attention,layer"
+    if spec.is_moe:  # its MoE block too: what the moe_gemm coefficients are fitted on
+        bad = [t for t in tp if spec.intermediate % t]
+        if bad:
+            raise click.BadParameter(f"{','.join(map(str, bad))}: a shard count must divide "
+                                     f"{spec.name}'s expert width {spec.intermediate}",
+                                     param_hint="--tp")
+        parts += ",moe"
     cmd = [torch_python(python), "-m", "live.op_profile", "--model", model,
-           "--tp", ",".join(map(str, tp)),
+           "--tp", ",".join(map(str, tp)), "--parts", parts,
            "--out", out, "--gpu-name", gpu or "auto"]
     if fuse:
         cmd.append("--fuse")

@@ -164,3 +164,40 @@ def test_bad_options_are_named(tmp_path, args, named):
 def test_out_must_be_a_file_without_ops(tmp_path):
     r = CliRunner().invoke(main, ["calibrate", "--launch", "--out", str(tmp_path)])
     assert r.exit_code == 2 and "is a folder" in r.output, r.output
+
+
+def _recording_python(tmp_path):
+    """An 'interpreter' that writes its arguments to a file: what --ops would run."""
+    log = tmp_path / "argv.txt"
+    fake = tmp_path / "python"
+    fake.write_text(f'#!/bin/sh\necho "$@" > {log}\n')
+    fake.chmod(0o755)
+    return fake, log
+
+
+def test_ops_profiles_a_moe_models_moe_block(tmp_path):
+    """``calibrate --ops`` on a MoE model measures its MoE block too (the profiles the
+    ``moe_gemm`` coefficients are fitted on); a dense model's parts stay the three."""
+    fake, log = _recording_python(tmp_path)
+    for model, parts in (("mixtral-8x7b", "mlp,attention,layer,moe"),
+                         ("llama-3-8b", "mlp,attention,layer")):
+        r = CliRunner().invoke(main, ["calibrate", "--ops", "--model", model, "--tp", "2",
+                                      "--python", str(fake), "--out", str(tmp_path / "o")])
+        assert r.exit_code == 0, r.output
+        argv = log.read_text().split()
+        assert argv[argv.index("--parts") + 1] == parts
+        assert argv[argv.index("--model") + 1] == model
+
+
+def test_ops_refuses_a_shard_count_that_splits_no_expert_evenly(tmp_path):
+    fake, log = _recording_python(tmp_path)
+    cfg = tmp_path / "moe" / "config.json"
+    cfg.parent.mkdir()
+    cfg.write_text('{"num_hidden_layers": 2, "hidden_size": 256, "num_attention_heads": 8, '
+                   '"intermediate_size": 512, "moe_intermediate_size": 100, "num_experts": 4, '
+                   '"num_experts_per_tok": 2, "vocab_size": 1000}')
+    r = CliRunner().invoke(main, ["calibrate", "--ops", "--model", str(cfg), "--tp", "1,8",
+                                  "--python", str(fake), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2, r.output
+    assert "8: a shard count must divide" in r.output and "expert width 100" in r.output
+    assert not log.exists()
