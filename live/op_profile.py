@@ -67,7 +67,7 @@ from live.op_kernels import (
 from live.op_moe import MoeShard, MoeWeights, moe_block, moe_closures
 from live.op_timer import time_op
 
-__all__ = ["HF_IDS", "main", "profile_attention", "profile_layer", "profile_mlp"]
+__all__ = ["HF_IDS", "main", "profile_attention", "profile_layer", "profile_mlp", "profile_moe"]
 
 HF_IDS = {"llama-2-7b": "meta-llama/Llama-2-7b-hf", "llama-2-70b": "meta-llama/Llama-2-70b-hf",
           "llama-3-8b": "meta-llama/Meta-Llama-3-8B", "llama-3-70b": "meta-llama/Meta-Llama-3-70B",
