@@ -36,7 +36,8 @@ from control_plane.perf.roofline import RooflinePredictor
 from sagellm.perf_fit_math import error_stats, minimise, round6
 
 __all__ = ["MEASURED_PROFILES", "attention_errors", "by_split", "fit_attention",
-           "gpu_and_model", "layer_errors", "load_kind", "measured_families", "skipped_folders"]
+           "gpu_and_model", "layer_errors", "load_kind", "measured_families", "priced_gpus",
+           "skipped_folders"]
 
 MEASURED_PROFILES = Path(__file__).resolve().parents[1] / "control_plane" / "perf" / "data" \
     / "gpu_profiles"
@@ -90,6 +91,17 @@ def by_split(rows, fam: str, train_models):
         sel = [r for r in rows if r[0] == fam and (r[1] in train_models) == (split == "train")]
         if sel:
             yield split, [r[1] for r in sel], sel
+
+
+def priced_gpus(rows, coeff_family: str | None = None):
+    """(family, GPUSpec to price it with) for each GPU of ``rows`` (tuples beginning
+    (gpu, ...)), in name order; ``coeff_family`` makes each GPU borrow that family's
+    coefficients (the borrowing the predictor did before the GPU was profiled)."""
+    for fam in sorted({g for g, *_ in rows}):
+        gpu = get_gpu(fam)
+        if coeff_family is not None:
+            gpu = dataclasses.replace(gpu, family=coeff_family)
+        yield fam, gpu
 
 
 def _spec(key: tuple[int, ...]) -> ModelSpec:
@@ -182,10 +194,7 @@ def layer_errors(coeffs: Coefficients, rows, train_models,
     ``coeff_family`` prices the GPU with another family's coefficients (the borrowing the
     predictor did before the GPU was profiled)."""
     out = []
-    for fam in sorted({g for g, *_ in rows}):
-        gpu = get_gpu(fam)
-        if coeff_family is not None:
-            gpu = dataclasses.replace(gpu, family=coeff_family)
+    for fam, gpu in priced_gpus(rows, coeff_family):
         for split, models, sel in by_split(rows, fam, train_models):
             rel = []
             for _g, _name, d in sel:

@@ -21,19 +21,17 @@ that vLLM's fused-MoE kernels do not make, so they are not compared with the pre
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pandas as pd
 
 from control_plane.perf.coefficients import Coefficients, GemmCoeffs
 from control_plane.perf.hardware import get_gpu
 from control_plane.perf.models import get_model
-from control_plane.perf.ops import gemm_s
+from control_plane.perf.ops import experts_hit, gemm_s
 from control_plane.perf.parallel import ParallelConfig
 from control_plane.perf.roofline import RooflinePredictor
 from sagellm.perf_fit_math import error_stats, minimise, round6
-from sagellm.perf_fit_measured import by_split
+from sagellm.perf_fit_measured import by_split, priced_gpus
 
 __all__ = ["MOE_FROM", "MOE_GROUPS", "MOE_TRAIN_MODELS", "fit_moe_gemm", "moe_errors"]
 
@@ -51,7 +49,7 @@ def _gemm_rows(d: pd.DataFrame):
     tokens = d.num_tokens.to_numpy(float)
     width = m.intermediate / d.num_tensor_parallel_workers.to_numpy(float)
     routed = tokens * m.experts_per_token
-    hit = m.n_experts * (1.0 - (1.0 - m.experts_per_token / m.n_experts) ** tokens)
+    hit = experts_hit(m.n_experts, m.experts_per_token / m.n_experts, tokens)
     hidden = np.full(len(d), float(m.hidden))
     return (np.concatenate([routed, routed]), np.concatenate([hidden, width]),
             np.concatenate([2 * width, hidden]), np.concatenate([hit, hit]),
@@ -80,10 +78,7 @@ def moe_errors(coeffs: Coefficients, rows, train_models=MOE_TRAIN_MODELS,
     :data:`MOE_GROUPS`) per GPU and split; ``coeff_family`` prices the GPU with another
     family's coefficients."""
     out = []
-    for fam in sorted({g for g, *_ in rows}):
-        gpu = get_gpu(fam)
-        if coeff_family is not None:
-            gpu = dataclasses.replace(gpu, family=coeff_family)
+    for fam, gpu in priced_gpus(rows, coeff_family):
         for split, models, sel in by_split(rows, fam, train_models):
             rel: dict[str, list[float]] = {g: [] for g in MOE_GROUPS}
             for _g, _name, d in sel:

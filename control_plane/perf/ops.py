@@ -43,8 +43,8 @@ from control_plane.perf.models import ModelSpec
 from control_plane.perf.parallel import kv_heads_per_gpu
 
 __all__ = ["ELEMENTWISE_OPS", "GEMM_OPS", "LAYER_OPS", "comm_s", "comm_terms",
-           "elementwise_bytes_per_token", "elementwise_s", "gemm_s", "gemm_shapes",
-           "layer_op_times", "roof_s"]
+           "elementwise_bytes_per_token", "elementwise_s", "experts_hit", "gemm_s",
+           "gemm_shapes", "layer_op_times", "roof_s"]
 
 GEMM_OPS = ("attn_pre_proj", "attn_post_proj", "mlp_up_proj", "mlp_down_proj")
 ELEMENTWISE_OPS = ("input_layernorm", "attn_rope", "post_attention_layernorm", "mlp_act", "add")
@@ -65,6 +65,12 @@ def gemm_s(tokens, k: float, n: float, gpu: GPUSpec, c: GemmCoeffs, dtype_bytes:
     flops = 2.0 * tokens * k * n
     bytes_ = dtype_bytes * (copies * k * n + tokens * (k + n))
     return c.launch_s + roof_s(flops, bytes_, gpu, c)
+
+
+def experts_hit(experts: float, share: float, draws):
+    """Expected number of distinct experts, of ``experts``, that ``draws`` routings hit when
+    each picks a given expert with probability ``share`` (top-k of n uniformly: k/n)."""
+    return experts * (1.0 - (1.0 - share) ** draws)
 
 
 def elementwise_s(bytes_, gpu: GPUSpec, c: ElementwiseCoeffs):

@@ -52,6 +52,7 @@ from control_plane.perf.ops import (
     comm_terms,
     elementwise_bytes_per_token,
     elementwise_s,
+    experts_hit,
     gemm_s,
     gemm_shapes,
     roof_s,
@@ -96,7 +97,7 @@ class RooflinePredictor:
             self._expert_i = m.intermediate * ep / max(tp, ep)
             self._n_local = m.n_experts / ep
             self._routed = m.experts_per_token / min(tp, ep)  # routed tokens per GPU per token
-            self._miss = 1.0 - m.experts_per_token / m.n_experts
+            self._share = m.experts_per_token / m.n_experts
             self._spread = max(1.0, ep / tp)
             mlp_width = self._expert_i * self._routed
         # Element-wise ops per layer: launch sum + bytes-per-token slope (linear in T).
@@ -179,7 +180,7 @@ class RooflinePredictor:
         m, g, b, add = self.model, self.gpu, self.model.dtype_bytes, self.fc.elementwise["add"]
         gc = self.fc.moe_gemm or self.fc.gemm
         routed = tokens * self._routed
-        hit = self._n_local * (1.0 - self._miss ** (tokens * self._spread))
+        hit = experts_hit(self._n_local, self._share, tokens * self._spread)
         act = self.fc.elementwise["mlp_act"]
         return {
             "router": gemm_s(tokens, m.hidden, m.n_experts, g, self.fc.gemm, b),

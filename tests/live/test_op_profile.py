@@ -39,14 +39,19 @@ def torch_python() -> str:
     return str(env.python)
 
 
-def small_config(tmp: Path) -> Path:
+def write_config(tmp: Path, name: str, **extra) -> Path:
+    """A small Hugging Face config.json in ``tmp/name/`` (the folder names the model)."""
     cfg = {"num_hidden_layers": 2, "hidden_size": 256, "num_attention_heads": 8,
            "num_key_value_heads": 2, "intermediate_size": 512, "vocab_size": 1000,
-           "torch_dtype": "bfloat16"}
-    path = tmp / "small" / "config.json"
+           "torch_dtype": "bfloat16"} | extra
+    path = tmp / name / "config.json"
     path.parent.mkdir()
     path.write_text(json.dumps(cfg))
     return path
+
+
+def small_config(tmp: Path) -> Path:
+    return write_config(tmp, "small")
 
 
 def test_profiles_a_model_in_vidurs_format(tmp_path, torch_python):
@@ -127,14 +132,8 @@ def test_device_names_map_to_built_in_gpus_only_when_the_spec_fits(torch_python)
 
 
 def small_moe_config(tmp: Path) -> Path:
-    cfg = {"num_hidden_layers": 2, "hidden_size": 256, "num_attention_heads": 8,
-           "num_key_value_heads": 2, "intermediate_size": 1024, "moe_intermediate_size": 128,
-           "num_experts": 8, "num_experts_per_tok": 2, "vocab_size": 1000,
-           "torch_dtype": "bfloat16"}
-    path = tmp / "small-moe" / "config.json"
-    path.parent.mkdir()
-    path.write_text(json.dumps(cfg))
-    return path
+    return write_config(tmp, "small-moe", intermediate_size=1024, moe_intermediate_size=128,
+                        num_experts=8, num_experts_per_tok=2)
 
 
 MOE_OPS = ("moe_gate", "moe_route", "moe_up", "moe_act", "moe_down", "moe_combine", "moe")
