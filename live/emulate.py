@@ -53,7 +53,7 @@ class TokenStream:
 
     __slots__ = ("_event", "arrival_s", "cached_tokens", "done", "error", "finish_s",
                  "first_token_s", "last_token_s", "output_tokens", "prompt_tokens",
-                 "request_id", "tokens")
+                 "request_id", "scheduled_s", "tokens")
 
     def __init__(self, request_id: str, arrival_s: float, prompt_tokens: int,
                  output_tokens: int) -> None:
@@ -62,6 +62,7 @@ class TokenStream:
         self.prompt_tokens = prompt_tokens
         self.output_tokens = output_tokens
         self.tokens = 0
+        self.scheduled_s: float | None = None  # first scheduled (vLLM's scheduled_ts)
         self.first_token_s: float | None = None
         self.last_token_s: float | None = None
         self.finish_s: float | None = None
@@ -143,16 +144,23 @@ class EmulatedEngine:
 
     # -- requests -----------------------------------------------------------------------
     def submit(self, request_id: str, prompt_tokens: int, output_tokens: int, *,
-               priority: int = 0, prefix_hashes: tuple[int, ...] = ()) -> TokenStream:
-        """A request arrives now. ``prefix_hashes``: chained hashes of its prompt's blocks
-        of 16 tokens (prefix caching). Raises EngineRefused when
-        it could never run here, ValueError on a duplicate id or bad figures."""
+               priority: int = 0, prefix_hashes: tuple[int, ...] = (),
+               arrival_s: float | None = None) -> TokenStream:
+        """A request arrives now (``arrival_s``: at that time of :meth:`now`, no later than
+        now; the prompts of one batched API request arrive together). ``prefix_hashes``:
+        chained hashes of its prompt's blocks of 16 tokens (prefix caching). Raises
+        EngineRefused when it could never run here, ValueError on a duplicate id or bad
+        figures."""
         if self._task is None or self.failed is not None:
             raise RuntimeError("the emulated engine is not running"
                                + (f" (it failed: {self.failed})" if self.failed else ""))
         if request_id in self._pending or request_id in self._active:
             raise ValueError(f"request {request_id!r} is already in the engine")
         now = self.now()
+        if arrival_s is not None:
+            if not arrival_s <= now:
+                raise ValueError(f"arrival_s={arrival_s!r}: later than now ({now!r})")
+            now = arrival_s
         req = Request(request_id, now, prompt_tokens, output_tokens=output_tokens,
                       priority=priority, prefix_hashes=prefix_hashes)
         eng = self.engine
@@ -242,10 +250,15 @@ class EmulatedEngine:
             end = eng.start(t)
             if end is None:
                 raise RuntimeError("the engine model planned nothing although it has work")
+            tokens = eng.step_tokens
             self._take_inbox(end, inclusive=False)  # arrived during it: join the next one
             await asyncio.sleep(max(0.0, end - loop.time()))  # yields even when late
             now = loop.time()
-            self._emit(eng.complete(end), end)
+            out = eng.complete(end)
+            self._emit(out, end)
+            for k in range(out.steps):   # vLLM's: prompt tokens computed + tokens generated
+                self.counters.iteration_tokens.observe(
+                    tokens + (len(out.first_tokens) if k == 0 else 0))
             late = now - end
             self.max_late_s = max(self.max_late_s, late)
             if late > self.max_lag_s:
@@ -262,7 +275,8 @@ class EmulatedEngine:
         if adm:
             for rid, t in adm:
                 s = pending.get(rid)
-                if s is not None:
+                if s is not None:   # first admissions only (the engine logs no others)
+                    s.scheduled_s = t
                     c.queue_time.observe(t - s.arrival_s)
             adm.clear()
         for rid, _ in out.first_tokens:
@@ -270,6 +284,8 @@ class EmulatedEngine:
             if s is not None:
                 s.first_token_s = end
                 c.ttft.observe(end - s.arrival_s)
+                if s.scheduled_s is not None:
+                    c.prefill_time.observe(end - s.scheduled_s)
                 c.prompt_tokens += s.prompt_tokens
                 active[rid] = s
         for rid, _, n_out, cached, _ in out.finished:
@@ -280,6 +296,10 @@ class EmulatedEngine:
             s.cached_tokens = cached
             c.success += 1
             c.e2e.observe(end - s.arrival_s)
+            if s.first_token_s is not None:
+                c.decode_time.observe(end - s.first_token_s)
+            if s.scheduled_s is not None:
+                c.inference_time.observe(end - s.scheduled_s)
             s._end(end)
         for s in active.values():
             n = eng.output_tokens(s.request_id)

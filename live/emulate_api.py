@@ -21,7 +21,10 @@ text per 64 characters (the gateway's hashes). The output has exactly ``max_toke
 (chat: ``max_completion_tokens`` first) tokens, each ``token_text``; without it, 16 for
 completions (vLLM's default) and ``max_model_len - prompt`` for chat (``default_max_tokens``
 when no ``max_model_len`` is set). ``priority`` needs ``scheduling_policy="priority"``
-(else 400, as in vLLM) and must be 0..4. ``n`` > 1 and batched prompts are refused (400).
+(else 400, as in vLLM) and must be 0..4. A batched completions prompt (a list of strings
+or of token-id lists) makes one engine request per prompt, as vLLM does, answered with one
+choice per prompt (``index``) and the usage summed; streamed, it is refused (400), as is
+``n`` > 1.
 """
 
 from __future__ import annotations
@@ -84,7 +87,10 @@ class EmulatorServer:
         self.max_model_len = max_model_len
         self.default_max_tokens = default_max_tokens
         self.token_text = token_text
-        self.metrics = EngineMetricsText(model_name, engine.load, engine.counters)
+        cfg = engine.config
+        self.metrics = EngineMetricsText(model_name, engine.load, engine.counters, cache_info={
+            "block_size": cfg.block_size, "num_gpu_blocks": cfg.num_gpu_blocks,
+            "enable_prefix_caching": cfg.enable_prefix_caching})
         self.requests = 0  # served, for ids
         self.url = ""
         self.app = web.Application()
@@ -143,8 +149,9 @@ class EmulatorServer:
     async def _chat(self, http: web.Request) -> web.StreamResponse:
         return await self._generate(http, CHAT)
 
-    def _admit(self, raw: bytes, headers, kind: str) -> tuple[dict, TokenStream]:
-        """Validate, size and submit the request; raises _ApiError."""
+    def _admit(self, raw: bytes, headers, kind: str) -> tuple[dict, list[TokenStream]]:
+        """Validate, size and submit the request (a batched completions prompt: one engine
+        request per prompt, as vLLM makes them); raises _ApiError."""
         try:
             parsed = parse_body(raw, kind, chars_per_token=CHARS_PER_TOKEN,
                                 prefix_block_chars=DEFAULT_BLOCK_SIZE * CHARS_PER_TOKEN,
@@ -157,13 +164,19 @@ class EmulatorServer:
         if _int_field(body, "n", 1, 1, 1 << 31) != 1:
             raise _ApiError(400, "n > 1 is not supported by the emulated engine", "n")
         prompt = body.get("prompt")
+        batch = None
         if (kind == COMPLETIONS and isinstance(prompt, list) and prompt
                 and not isinstance(prompt[0], int)):
-            raise _ApiError(400, "batched prompts are not supported by the emulated engine",
-                            "prompt")
+            if parsed.stream:
+                raise _ApiError(400, "streamed batched prompts are not supported by the "
+                                "emulated engine", "stream")
+            batch = [parse_body(json.dumps({**body, "prompt": one}).encode(), kind,
+                                chars_per_token=CHARS_PER_TOKEN,
+                                prefix_block_chars=DEFAULT_BLOCK_SIZE * CHARS_PER_TOKEN,
+                                max_prefix_blocks=_MAX_HASH_BLOCKS) for one in prompt]
         prompt_tokens = parsed.prompt_tokens
         hint = headers.get(PROMPT_TOKENS)
-        if hint is not None:
+        if hint is not None and batch is None:
             try:
                 prompt_tokens = int(hint)
             except ValueError:
@@ -171,17 +184,20 @@ class EmulatorServer:
             if prompt_tokens < 1:
                 raise _ApiError(400, f"header {PROMPT_TOKENS}: expected an integer >= 1, got "
                                 f"{hint!r}", PROMPT_TOKENS)
+        sizes = ([(prompt_tokens, parsed.prefix_hashes)] if batch is None
+                 else [(b.prompt_tokens, b.prefix_hashes) for b in batch])
         max_len = self.max_model_len
         out = parsed.max_tokens
         if out is None:
             out = (COMPLETIONS_DEFAULT_MAX_TOKENS if kind == COMPLETIONS
                    else max(1, max_len - prompt_tokens) if max_len
                    else self.default_max_tokens)
-        if max_len is not None and prompt_tokens + out > max_len:
+        longest = max(n for n, _ in sizes)
+        if max_len is not None and longest + out > max_len:
             field = "max_tokens" if kind == COMPLETIONS else "max_completion_tokens"
             raise _ApiError(400, f"This model's maximum context length is {max_len} tokens. "
-                            f"However, you requested {prompt_tokens + out} tokens "
-                            f"({prompt_tokens} in the prompt, {out} in the completion).",
+                            f"However, you requested {longest + out} tokens "
+                            f"({longest} in the prompt, {out} in the completion).",
                             field if parsed.max_tokens is not None else "prompt")
         policy = self.engine.config.scheduling_policy
         priority = _int_field(body, "priority", 0, -(1 << 31), 1 << 31)
@@ -193,32 +209,41 @@ class EmulatorServer:
                             f"{priority}", "priority")
         self.requests += 1
         rid = f"{'cmpl' if kind == COMPLETIONS else 'chatcmpl'}-{self.requests}"
+        streams: list[TokenStream] = []
+        now = self.engine.now()
         try:
-            stream = self.engine.submit(rid, prompt_tokens, out, priority=priority,
-                                        prefix_hashes=parsed.prefix_hashes)
-        except EngineRefused as exc:
-            raise _ApiError(400, str(exc), "prompt") from None
-        except RuntimeError as exc:  # the engine failed or stopped
-            raise _ApiError(500, str(exc)) from None
-        return body, stream
+            for k, (n, hashes) in enumerate(sizes):
+                streams.append(self.engine.submit(rid if batch is None else f"{rid}-{k}", n,
+                                                  out, priority=priority,
+                                                  prefix_hashes=hashes, arrival_s=now))
+        except (EngineRefused, RuntimeError) as exc:
+            for st in streams:   # a batch is taken whole or not at all
+                self.engine.abort(st.request_id)
+            if isinstance(exc, EngineRefused):
+                raise _ApiError(400, str(exc), "prompt") from None
+            raise _ApiError(500, str(exc)) from None  # the engine failed or stopped
+        return body, streams
 
     async def _generate(self, http: web.Request, kind: str) -> web.StreamResponse:
         raw = await http.read()
         try:
-            body, stream = self._admit(raw, http.headers, kind)
+            body, streams = self._admit(raw, http.headers, kind)
         except _ApiError as exc:
             return _error(exc.status, str(exc), exc.param)
         try:
             if body.get("stream"):
-                return await self._stream(http, body, stream, kind == CHAT)
-            while not stream.done:
-                await stream.wait(stream.tokens)
-            if stream.error is not None:
-                return _error(500, f"request {stream.request_id}: {stream.error}", None)
-            return web.json_response(self._full(stream, kind == CHAT))
+                return await self._stream(http, body, streams[0], kind == CHAT)
+            for stream in streams:
+                while not stream.done:
+                    await stream.wait(stream.tokens)
+            for stream in streams:
+                if stream.error is not None:
+                    return _error(500, f"request {stream.request_id}: {stream.error}", None)
+            return web.json_response(self._full(streams, kind == CHAT))
         finally:
-            if not stream.done:  # the client left (the handler was cancelled) or an error
-                self.engine.abort(stream.request_id)
+            for stream in streams:
+                if not stream.done:  # the client left (the handler was cancelled) or an error
+                    self.engine.abort(stream.request_id)
 
     def _usage(self, s: TokenStream, final: bool) -> dict[str, Any]:
         u: dict[str, Any] = {"prompt_tokens": s.prompt_tokens,
@@ -228,18 +253,24 @@ class EmulatorServer:
             u["prompt_tokens_details"] = {"cached_tokens": s.cached_tokens}
         return u
 
-    def _full(self, s: TokenStream, chat: bool) -> dict:
-        text = self.token_text * s.tokens
-        head = {"id": s.request_id, "created": int(time.time()), "model": self.model_name}
+    def _full(self, streams: list[TokenStream], chat: bool) -> dict:
+        """The non-streamed response: one choice per prompt, usage summed over them."""
+        s = streams[0]
+        head = {"id": s.request_id if len(streams) == 1 else s.request_id.rsplit("-", 1)[0],
+                "created": int(time.time()), "model": self.model_name}
+        usage = {k: sum(self._usage(x, True)[k] for x in streams)
+                 for k in ("prompt_tokens", "total_tokens", "completion_tokens")}
+        usage["prompt_tokens_details"] = {"cached_tokens": sum(x.cached_tokens
+                                                               for x in streams)}
         if chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text},
+            choice = {"index": 0, "message": {"role": "assistant",
+                                              "content": self.token_text * s.tokens},
                       "logprobs": None, "finish_reason": "length", "stop_reason": None}
-            return {**head, "object": "chat.completion", "choices": [choice],
-                    "usage": self._usage(s, True)}
-        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": "length",
-                  "stop_reason": None}
-        return {**head, "object": "text_completion", "choices": [choice],
-                "usage": self._usage(s, True)}
+            return {**head, "object": "chat.completion", "choices": [choice], "usage": usage}
+        choices = [{"index": k, "text": self.token_text * x.tokens, "logprobs": None,
+                    "finish_reason": "length", "stop_reason": None}
+                   for k, x in enumerate(streams)]
+        return {**head, "object": "text_completion", "choices": choices, "usage": usage}
 
     async def _stream(self, http: web.Request, body: dict, s: TokenStream,
                       chat: bool) -> web.StreamResponse:

@@ -13,7 +13,17 @@ dashboard built for vLLM read an emulated engine unchanged:
 - histograms (seconds, vLLM's buckets) ``vllm:time_to_first_token_seconds`` (arrival to
   first token), ``vllm:inter_token_latency_seconds`` (between consecutive outputs of a
   request), ``vllm:e2e_request_latency_seconds`` (arrival to last token) and
-  ``vllm:request_queue_time_seconds`` (arrival to first scheduled).
+  ``vllm:request_queue_time_seconds`` (arrival to first scheduled), and the phases vLLM
+  v1 times from a request's first scheduling (``vllm/v1/metrics/stats.py``):
+  ``vllm:request_prefill_time_seconds`` (to the first token),
+  ``vllm:request_decode_time_seconds`` (first to last token) and
+  ``vllm:request_inference_time_seconds`` (to the last token);
+- the histogram ``vllm:iteration_tokens_total``: per engine step, the prompt tokens it
+  computed plus the tokens it generated (a finished prefill's first token counts), as
+  vLLM v1 observes it;
+- the info gauge ``vllm:cache_config_info`` (value 1; labels the KV cache's
+  ``block_size``, ``num_gpu_blocks`` and ``enable_prefix_caching``, a subset of the
+  ``CacheConfig`` fields vLLM puts there), from which a client reads the KV capacity.
 
 Times are the engine model's (iteration ends), not when the bytes left the server.
 """
@@ -33,12 +43,14 @@ TTFT_BUCKETS_S = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.
                   2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
 ITL_BUCKETS_S = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5,
                  5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
+ITERATION_TOKENS_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 REQUEST_BUCKETS_S = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0,
                      50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0)
 
 
 class LatencyHistogram:
-    """Bucket counts and sum of one unlabelled histogram (one event loop, no locks)."""
+    """Bucket counts and sum of one unlabelled histogram (one event loop, no locks):
+    seconds, or tokens for ``iteration_tokens``."""
 
     __slots__ = ("bounds", "counts", "sum")
 
@@ -60,8 +72,19 @@ class EngineCounters:
     """What the emulated engine counts as requests go through (the engine model keeps
     preemptions and prefix-cache counters itself)."""
 
-    __slots__ = ("e2e", "generation_tokens", "itl", "prompt_tokens", "queue_time", "success",
-                 "ttft")
+    __slots__ = (
+        "decode_time",
+        "e2e",
+        "generation_tokens",
+        "inference_time",
+        "iteration_tokens",
+        "itl",
+        "prefill_time",
+        "prompt_tokens",
+        "queue_time",
+        "success",
+        "ttft",
+    )
 
     def __init__(self) -> None:
         self.prompt_tokens = 0
@@ -71,6 +94,10 @@ class EngineCounters:
         self.itl = LatencyHistogram(ITL_BUCKETS_S)
         self.e2e = LatencyHistogram(REQUEST_BUCKETS_S)
         self.queue_time = LatencyHistogram(REQUEST_BUCKETS_S)
+        self.prefill_time = LatencyHistogram(REQUEST_BUCKETS_S)
+        self.decode_time = LatencyHistogram(REQUEST_BUCKETS_S)
+        self.inference_time = LatencyHistogram(REQUEST_BUCKETS_S)
+        self.iteration_tokens = LatencyHistogram(ITERATION_TOKENS_BUCKETS)
 
 
 class EngineLoad(NamedTuple):
@@ -111,6 +138,14 @@ _HISTOGRAMS = (
      "seconds."),
     ("queue_time", "vllm:request_queue_time_seconds", "Histogram of time spent in WAITING "
      "phase for request."),
+    ("prefill_time", "vllm:request_prefill_time_seconds", "Histogram of time spent in "
+     "PREFILL phase for request."),
+    ("decode_time", "vllm:request_decode_time_seconds", "Histogram of time spent in DECODE "
+     "phase for request."),
+    ("inference_time", "vllm:request_inference_time_seconds", "Histogram of time spent in "
+     "RUNNING phase for request."),
+    ("iteration_tokens", "vllm:iteration_tokens_total", "Histogram of number of tokens per "
+     "engine_step."),
 )
 
 
@@ -121,19 +156,30 @@ class EngineMetricsText:
     engines share the event loop that times their iterations."""
 
     def __init__(self, model_name: str, load: Callable[[], EngineLoad],
-                 counters: EngineCounters, engine_label: str = "0") -> None:
+                 counters: EngineCounters, engine_label: str = "0",
+                 cache_info: dict[str, object] | None = None) -> None:
+        """``cache_info``: the labels of ``vllm:cache_config_info`` (none: no such
+        series)."""
         self._load = load
         self._counters = counters
         self._labels = (f'engine="{_label_value(engine_label)}",'
                         f'model_name="{_label_value(model_name)}"')
-        self._le = {id(h): [f"{b!r}" for b in h.bounds] + ["+Inf"]
-                    for h in (counters.ttft, counters.itl, counters.e2e, counters.queue_time)}
+        self._le = {id(getattr(counters, attr)): [f"{b!r}" for b in
+                                                  getattr(counters, attr).bounds] + ["+Inf"]
+                    for attr, _, _ in _HISTOGRAMS}
+        self._info = None
+        if cache_info is not None:
+            labels = ",".join(f'{k}="{_label_value(str(v))}"'
+                              for k, v in {**cache_info, "engine": engine_label}.items())
+            self._info = ("# HELP vllm:cache_config_info Information of the LLMEngine "
+                          "CacheConfig\n# TYPE vllm:cache_config_info gauge\n"
+                          f"vllm:cache_config_info{{{labels}}} 1.0")
 
     def render(self) -> bytes:
         lab = self._labels
         load = self._load()
         c = self._counters
-        out: list[str] = []
+        out: list[str] = [self._info] if self._info else []
         for (name, doc), v in zip(_GAUGES, load[:3], strict=True):
             out.append(f"# HELP {name} {doc}\n# TYPE {name} gauge\n{name}{{{lab}}} {float(v)!r}")
         for (name, doc), v in zip(_COUNTERS, (load.preemptions, load.prefix_queries,

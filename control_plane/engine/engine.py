@@ -137,6 +137,14 @@ class Engine(_Scheduler, _DecodeRuns):
         return self._kind == _STEP and b is not None and b.prefill_tokens > 0
 
     @property
+    def step_tokens(self) -> int:
+        """Tokens each iteration of the plan in progress schedules: prompt tokens computed
+        plus sequences decoding (0 when idle)."""
+        if self._kind == _STEP and self.last_batch is not None:
+            return self.last_batch.tokens
+        return self._n if self._kind == _RUN else 0
+
+    @property
     def num_running(self) -> int:
         return len(self._running)
 

@@ -17,6 +17,7 @@ from control_plane.engine import Engine, EngineConfig
 from control_plane.perf.base import Batch, LinearPredictor
 from control_plane.prefix import block_hashes
 from control_plane.types import Request
+from live.calibrate_metrics import parse_snapshot
 from live.emulate import EmulatedEngine, EngineRefused
 from live.emulate_api import EmulatorServer
 from live.metrics_scrape import parse_metrics
@@ -202,6 +203,32 @@ def test_unary_answers_and_the_prompt_length_header():
     run(main())
 
 
+def test_batched_prompts_are_one_engine_request_each():
+    """vLLM's batched completions prompt: each prompt is a request of its own in the engine
+    (they are prefilled together), one choice per prompt in order, the usage summed."""
+    async def main():
+        async with server() as (srv, http):
+            status, body = await post(http, srv.url + "/v1/completions", {
+                "model": MODEL, "prompt": [list(range(100, 140)), list(range(200, 220))],
+                "max_tokens": 3})
+            async with http.get(srv.url + "/metrics") as r:
+                snap = parse_snapshot(await r.text())
+            status2, body2 = await post(http, srv.url + "/v1/completions", {
+                "model": MODEL, "prompt": ["a" * 80, "b" * 40, "c" * 4], "max_tokens": 2})
+        return status, body, snap, status2, body2
+
+    status, body, snap, status2, body2 = run(main())
+    assert status == 200
+    assert [c["index"] for c in body["choices"]] == [0, 1]
+    assert all(c["text"] == " tok" * 3 for c in body["choices"])
+    assert body["usage"]["prompt_tokens"] == 60 and body["usage"]["completion_tokens"] == 6
+    assert snap.values["finished"] == 2 and snap.counts["ttft"] == 2
+    assert snap.counts["steps"] == 3   # prefilled in one step, then decoded together
+    assert status2 == 200 and len(body2["choices"]) == 3
+    assert body2["usage"]["prompt_tokens"] == 20 + 10 + 1   # text: 4 characters a token
+    assert body2["usage"]["completion_tokens"] == 6
+
+
 BAD = [
     (b"{nope", None, 400),
     ({"prompt": "x"}, "model", 400),
@@ -210,7 +237,8 @@ BAD = [
     ({"model": MODEL, "prompt": "x", "max_tokens": 0}, "max_tokens", 400),
     ({"model": MODEL, "prompt": "x", "stream": "yes"}, "stream", 400),
     ({"model": MODEL, "prompt": "x", "n": 2}, "n", 400),
-    ({"model": MODEL, "prompt": ["a", "b"]}, "prompt", 400),
+    ({"model": MODEL, "prompt": ["a", "b"], "stream": True}, "stream", 400),
+    ({"model": MODEL, "prompt": [[1, 2], []]}, "prompt", 400),
     ({"model": MODEL, "prompt": "x", "priority": 1}, "priority", 400),
     ({"model": MODEL, "prompt": "x", "max_tokens": 100}, "max_tokens", 400),  # > max_model_len
     ({"model": MODEL, "prompt": list(range(60)), "max_tokens": 30}, "max_tokens", 400),
@@ -264,7 +292,9 @@ VLLM_NAMES = ("vllm:num_requests_running", "vllm:num_requests_waiting",
               "vllm:prompt_tokens_total", "vllm:generation_tokens_total",
               "vllm:request_success_total", "vllm:time_to_first_token_seconds_bucket",
               "vllm:inter_token_latency_seconds_bucket", "vllm:e2e_request_latency_seconds_count",
-              "vllm:request_queue_time_seconds_sum")
+              "vllm:request_queue_time_seconds_sum", "vllm:request_prefill_time_seconds_sum",
+              "vllm:request_decode_time_seconds_count",
+              "vllm:request_inference_time_seconds_bucket", "vllm:cache_config_info")
 
 
 def test_metrics_have_vllm_names_and_count_the_requests():
@@ -277,15 +307,17 @@ def test_metrics_have_vllm_names_and_count_the_requests():
             async with http.get(srv.url + "/metrics") as r:
                 assert r.status == 200 and r.headers["content-type"].startswith("text/plain")
                 text = await r.text()
-        return text
+        return text, srv.engine.config
 
-    text = run(main())
+    text, cfg = run(main())
     values = {}
     for line in text.splitlines():
         if line and not line.startswith("#"):
             key, value = line.rsplit(" ", 1)
             values[key] = float(value)
-            assert 'engine="0"' in key and f'model_name="{MODEL}"' in key
+            assert 'engine="0"' in key
+            # every series names the model but the cache's info (vLLM's labels: its fields)
+            assert (f'model_name="{MODEL}"' in key) != key.startswith("vllm:cache_config_info")
     names = {k.split("{")[0] for k in values}
     assert set(VLLM_NAMES) <= names
     lab = f'engine="0",model_name="{MODEL}"'
@@ -295,6 +327,28 @@ def test_metrics_have_vllm_names_and_count_the_requests():
     assert values[f"vllm:prefix_cache_hits_total{{{lab}}}"] == 32  # 2 of 40 tokens' blocks
     assert values[f"vllm:time_to_first_token_seconds_count{{{lab}}}"] == 2
     assert values[f"vllm:inter_token_latency_seconds_count{{{lab}}}"] == 4
+    # the phases from the first scheduling, as vLLM v1 times them: queue + prefill = TTFT,
+    # prefill + decode = inference
+    total = {h: values[f"vllm:{h}_sum{{{lab}}}"] for h in (
+        "time_to_first_token_seconds", "request_queue_time_seconds",
+        "request_prefill_time_seconds", "request_decode_time_seconds",
+        "request_inference_time_seconds")}
+    assert all(values[f"vllm:{h}_count{{{lab}}}"] == 2 for h in total)
+    assert total["request_prefill_time_seconds"] > 0 and total["request_decode_time_seconds"] > 0
+    assert total["request_queue_time_seconds"] + total["request_prefill_time_seconds"] \
+        == pytest.approx(total["time_to_first_token_seconds"])
+    assert total["request_prefill_time_seconds"] + total["request_decode_time_seconds"] \
+        == pytest.approx(total["request_inference_time_seconds"])
+    # per step, prompt tokens computed + tokens generated: 40 + 1, 1, 1, then the cached
+    # 32 of the second prompt not computed: 8 + 1, 1, 1
+    assert values[f"vllm:iteration_tokens_total_count{{{lab}}}"] == 6
+    assert values[f"vllm:iteration_tokens_total_sum{{{lab}}}"] == 54
+    snap = parse_snapshot(text)   # what the calibration and the fidelity report read
+    assert snap.counts["prefill"] == 2 and snap.counts["steps"] == 6
+    info = next(k for k in values if k.startswith("vllm:cache_config_info"))
+    assert values[info] == 1.0
+    assert f'num_gpu_blocks="{cfg.num_gpu_blocks}"' in info
+    assert f'block_size="{cfg.block_size}"' in info
     # the gateway's scraper reads it
     m = parse_metrics(text)
     assert (m.running, m.waiting, m.kv_usage) == (0, 0, 0.0)

@@ -22,6 +22,9 @@ BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "fidelity.py"
     (["--train-load", "0"], "--train-load 0.0: must be > 0"),
     (["--speed-band", "1.5"], "--speed-band 1.5: must be in [0, 1)"),
     (["--live-repeats", "0"], "--live-repeats 0: must be >= 1"),
+    (["--engine", "http://127.0.0.1:8000"], "--engine needs --profile"),
+    (["--engine", "127.0.0.1:8000", "--profile", "vllm-cpu-llama-tiny"],
+     "--engine '127.0.0.1:8000': not an http(s) URL"),
 ])
 def test_bad_arguments_are_refused_by_name(args, message, tmp_path):
     res = subprocess.run([sys.executable, str(BENCH), *args, "--out", str(tmp_path / "out")],
