@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import random
-import re
-import signal
 import socket
 import subprocess
 import sys
@@ -22,35 +20,17 @@ from pathlib import Path
 
 import pytest
 
+from tests.emulated_engines import BLOCK, BLOCKS, emulated_engines
+
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "fidelity.py"
 PROFILE = "vllm-cpu-llama-small-pinned"
-BLOCKS, BLOCK = 256, 128
 
 
 @pytest.fixture(scope="module")
 def engines():
     """Two emulated engines with the profile's engine settings: their URLs."""
-    from control_plane.perf.profile import resolve_profile
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "from sagellm.cli import main; main()", "emulate",
-         "--model", "llama-3-8b", "--served-model-name", "llama-small",
-         "--profile", str(resolve_profile(PROFILE)), "--instances", "2", "--port", "0",
-         "--max-num-seqs", "16", "--max-num-batched-tokens", "4096",
-         "--block-size", str(BLOCK), "--num-gpu-blocks", str(BLOCKS)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    urls, lines = [], []
-    try:
-        while len(urls) < 2:
-            line = proc.stdout.readline()
-            assert line, "sagellm emulate ended early:\n" + "".join(lines)
-            lines.append(line)
-            m = re.match(r"engine (http://\S+) ", line)
-            if m:
-                urls.append(m.group(1))
+    with emulated_engines(PROFILE, "llama-small", 2) as urls:
         yield urls
-    finally:
-        proc.send_signal(signal.SIGINT)
-        proc.communicate(timeout=30)
 
 
 def _trace(path: Path, rows: int = 80) -> Path:
