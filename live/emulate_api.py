@@ -170,10 +170,16 @@ class EmulatorServer:
             if parsed.stream:
                 raise _ApiError(400, "streamed batched prompts are not supported by the "
                                 "emulated engine", "stream")
-            batch = [parse_body(json.dumps({**body, "prompt": one}).encode(), kind,
-                                chars_per_token=CHARS_PER_TOKEN,
-                                prefix_block_chars=DEFAULT_BLOCK_SIZE * CHARS_PER_TOKEN,
-                                max_prefix_blocks=_MAX_HASH_BLOCKS) for one in prompt]
+            batch = []
+            for k, one in enumerate(prompt):
+                try:
+                    batch.append(parse_body(
+                        json.dumps({**body, "prompt": one}).encode(), kind,
+                        chars_per_token=CHARS_PER_TOKEN,
+                        prefix_block_chars=DEFAULT_BLOCK_SIZE * CHARS_PER_TOKEN,
+                        max_prefix_blocks=_MAX_HASH_BLOCKS))
+                except BodyError as exc:
+                    raise _ApiError(400, f"prompt[{k}]: {exc}", f"prompt[{k}]") from None
         prompt_tokens = parsed.prompt_tokens
         hint = headers.get(PROMPT_TOKENS)
         if hint is not None and batch is None:

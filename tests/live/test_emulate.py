@@ -239,6 +239,7 @@ BAD = [
     ({"model": MODEL, "prompt": "x", "n": 2}, "n", 400),
     ({"model": MODEL, "prompt": ["a", "b"], "stream": True}, "stream", 400),
     ({"model": MODEL, "prompt": [[1, 2], []]}, "prompt", 400),
+    ({"model": MODEL, "prompt": ["a", ""]}, "prompt[1]", 400),
     ({"model": MODEL, "prompt": "x", "priority": 1}, "priority", 400),
     ({"model": MODEL, "prompt": "x", "max_tokens": 100}, "max_tokens", 400),  # > max_model_len
     ({"model": MODEL, "prompt": list(range(60)), "max_tokens": 30}, "max_tokens", 400),

@@ -25,6 +25,11 @@ BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "fidelity.py"
     (["--engine", "http://127.0.0.1:8000"], "--engine needs --profile"),
     (["--engine", "127.0.0.1:8000", "--profile", "vllm-cpu-llama-tiny"],
      "--engine '127.0.0.1:8000': not an http(s) URL"),
+    (["--engine", "http://a:1", "--profile", "p.csv", "--engines", "3"],
+     "--engines is for the engines launched here, not with --engine"),
+    (["--engine", "http://a:1", "--profile", "p.csv", "--engine-arg=--enforce-eager"],
+     "--engine-arg is for the engines launched here, not with --engine"),
+    (["--engines", "0"], "--engines 0: must be >= 1"),
 ])
 def test_bad_arguments_are_refused_by_name(args, message, tmp_path):
     res = subprocess.run([sys.executable, str(BENCH), *args, "--out", str(tmp_path / "out")],

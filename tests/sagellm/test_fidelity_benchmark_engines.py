@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import socket
 import subprocess
 import sys
@@ -97,3 +98,28 @@ def test_an_engine_that_does_not_answer_is_named(tmp_path):
                  str(tmp_path / "out"), timeout=120)
     assert res.returncode == 1
     assert f"--engine {dead}: not a reachable vLLM server" in res.stderr
+
+
+def test_an_engine_that_dies_mid_report_is_named_and_the_done_loads_kept(tmp_path):
+    """The first load's records are written; then the engines stop: the report ends with
+    exit code 1 naming an engine, and the records made before it are still there."""
+    import time
+    out = tmp_path / "out"
+    first = out / "load=0.5" / "router=round_robin" / "source=sim.parquet"
+    with emulated_engines("vllm-cpu-llama-tiny", "llama-tiny", 2) as urls:
+        proc = subprocess.Popen(
+            [sys.executable, str(BENCH), "--engine", urls[0], "--engine", urls[1],
+             "--profile", "vllm-cpu-llama-tiny", "--trace", str(_trace(tmp_path / "t.csv")),
+             "--requests", "30", "--loads", "0.5,0.8", "--routers", "round_robin",
+             "--live-repeats", "1", "--no-speed-check", "--json", "--out", str(out)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while not first.is_file() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+    try:   # the engines are stopped; the report is on its second load or about to be
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, err[-3000:]
+    assert re.search(r"fidelity: engine http://127\.0\.0\.1:\d+: /metrics did not answer", err)
+    assert first.is_file() and (first.parent / "source=live.parquet").is_file()
