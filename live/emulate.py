@@ -31,6 +31,7 @@ from collections import deque
 from dataclasses import replace
 
 from control_plane.engine import Engine, EngineConfig, StepOutcome
+from control_plane.engine.contention import DECODING, IDLE, PREFILLING
 from control_plane.perf.base import IterationPredictor
 from control_plane.prefix import DEFAULT_BLOCK_SIZE
 from control_plane.types import Request
@@ -117,6 +118,8 @@ class EmulatedEngine:
         self._t = 0.0  # the engine's clock: where the next iteration may start
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.host = None   # an EmulatedHost (live.emulate_host) when it shares a machine
+        self.host_index = 0
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -237,6 +240,8 @@ class EmulatedEngine:
         eng, inbox = self.engine, self._inbox
         while True:
             if not eng.has_work():
+                if self.host is not None:   # out of work: its neighbours speed up
+                    self.host.set_work(self.host_index, IDLE, self._t)
                 if not inbox:
                     self._wake.clear()
                     await self._wake.wait()
@@ -251,6 +256,9 @@ class EmulatedEngine:
             if end is None:
                 raise RuntimeError("the engine model planned nothing although it has work")
             tokens = eng.step_tokens
+            if self.host is not None:   # timed: now its neighbours slow down
+                self.host.set_work(self.host_index,
+                                   PREFILLING if eng.prefilling else DECODING, t)
             self._take_inbox(end, inclusive=False)  # arrived during it: join the next one
             await asyncio.sleep(max(0.0, end - loop.time()))  # yields even when late
             now = loop.time()

@@ -9,7 +9,8 @@ The engine is sized as the simulator sizes a hardware instance
 (:func:`sim.hardware.instances_for`): KV blocks from the GPU's memory less the weights of
 ``--model`` at ``--tp`` x ``--pp`` (or ``--num-gpu-blocks``), iteration times from the
 calibrated roofline, a measured profile table (``--profile``), or a linear predictor
-(``--predictor linear:...``).
+(``--predictor linear:...``). With ``--shared-host`` the engines share one machine and
+slow each other down by the profile's neighbour slowdowns (:mod:`live.emulate_host`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import dataclasses
 import click
 
 from control_plane import ConfigError
-from control_plane.engine import EngineConfig
+from control_plane.engine import EngineConfig, SharedHostPredictor, neighbour_slowdowns
 from control_plane.perf import (
     FittedPredictor,
     IterationPredictor,
@@ -30,8 +31,10 @@ from control_plane.perf import (
     get_model,
     read_profile,
 )
+from control_plane.perf.profile import NEIGHBOUR_KEYS
 from live.emulate import EmulatedEngine
 from live.emulate_api import EmulatorServer
+from live.emulate_host import EmulatedHost
 from live.serve import run_until_signalled
 from sim.hardware import instances_for
 
@@ -185,11 +188,16 @@ def _serve(servers: list[EmulatorServer], host: str, ports: list[int]) -> None:
 @click.option("--max-lag", type=click.FloatRange(min=0), default=0.05, show_default=True,
               help="Seconds the loop may fall behind the model's clock before the clock "
                    "jumps to real time.")
+@click.option("--shared-host", is_flag=True,
+              help="The --instances engines share one machine: each runs slower while the "
+                   "others decode, prefill or spin, by --profile's neighbour slowdowns "
+                   "(`sagellm calibrate --neighbour-core`), as the simulator's instances "
+                   "with one host.")
 def emulate_cmd(model, served_model_name, gpu, tp, pp, predictor, profile, host, port,
                 instances, base_port, max_num_seqs, max_num_batched_tokens, block_size,
                 num_gpu_blocks, gpu_memory_utilization, enable_prefix_caching,
                 enable_chunked_prefill, scheduling_policy, long_prefill_token_threshold,
-                max_model_len, max_lag) -> None:
+                max_model_len, max_lag, shared_host) -> None:
     """Serve emulated vLLM engines: vLLM's OpenAI API (/v1/completions,
     /v1/chat/completions, /v1/models, /health, /load, /version) and /metrics with vLLM's
     metric names, with tokens produced in real time by the simulator's engine model.
@@ -225,6 +233,20 @@ def emulate_cmd(model, served_model_name, gpu, tp, pp, predictor, profile, host,
     click.echo(f"{instances} emulated engine(s): {what}; KV {cfg.num_gpu_blocks} blocks x "
                f"{cfg.block_size} tokens, max_num_seqs {cfg.max_num_seqs}, "
                f"max_num_batched_tokens {cfg.max_num_batched_tokens}")
-    servers = [EmulatorServer(EmulatedEngine(cfg, pred, max_lag_s=max_lag), name,
-                              max_model_len=max_model_len) for _ in range(instances)]
+    engines = [EmulatedEngine(cfg, pred, max_lag_s=max_lag) for _ in range(instances)]
+    if shared_host:
+        if instances < 2:
+            raise click.BadParameter("a shared host needs 2 or more engines",
+                                     param_hint="--instances")
+        slow = neighbour_slowdowns(pred)
+        if not any(slow):
+            raise click.BadParameter("the predictor has no neighbour slowdowns: give a "
+                                     "--profile calibrated with `sagellm calibrate "
+                                     "--neighbour-core`", param_hint="--shared-host")
+        engines = [EmulatedEngine(cfg, SharedHostPredictor(pred, slow), max_lag_s=max_lag)
+                   for _ in range(instances)]
+        EmulatedHost(engines)
+        click.echo(f"one shared host: neighbour slowdowns {', '.join(f'{v:.3f}' for v in slow)}"
+                   f" ({', '.join(NEIGHBOUR_KEYS)})")
+    servers = [EmulatorServer(e, name, max_model_len=max_model_len) for e in engines]
     _serve(servers, host, ports)

@@ -31,6 +31,11 @@ from control_plane import (
     Retry,
 )
 from control_plane.engine import Engine, SharedHostPredictor, neighbour_slowdowns, spin_s
+from control_plane.engine.contention import DECODING as _DECODING
+from control_plane.engine.contention import IDLE as _IDLE
+from control_plane.engine.contention import PREFILLING as _PREFILLING
+from control_plane.engine.contention import SPINNING as _SPINNING
+from control_plane.engine.contention import host_counts
 from control_plane.metrics import RequestRecord
 from control_plane.types import Health
 from sim.columns import RecordColumns
@@ -41,8 +46,8 @@ __all__ = ["ClusterRun", "InstanceSeries"]
 _NORMAL = 1
 _END_PRIO = -1_000_000  # + instance index: iteration ends before anything else
 _WAKE_PRIO = 2  # + instance index: idle engines start after the ordinary events
-# what an engine does (hosts shared: contention); spinning: idle, its worker still polling
-_IDLE, _DECODING, _PREFILLING, _SPINNING = 0, 1, 2, 3
+# what an engine does (hosts shared: contention; control_plane.engine.contention's _IDLE,
+# _DECODING, _PREFILLING, _SPINNING imported above): spinning is idle, its worker polling
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,15 +215,10 @@ class ClusterRun:
             p = other.predictor
             if type(p) is not SharedHostPredictor:
                 continue
-            d = sum(1 for x in other.host if x.work == _DECODING)
-            f = sum(1 for x in other.host if x.work == _PREFILLING)
-            s = sum(1 for x in other.host if x.work == _SPINNING)
-            if d == p.decoding and f == p.prefilling and s == p.spinning:
-                continue
             eng = other.engine
             end = eng.plan_end_s
-            eng.retime(now)
-            p.set_neighbours(d, f, s)
+            if not p.respeed(eng, host_counts(x.work for x in other.host), now):
+                continue
             if eng.busy and eng.plan_end_s != end:
                 other.version += 1
                 self._at(eng.plan_end_s, other.end_prio, self._end, (other, other.version))

@@ -17,16 +17,19 @@ BLOCKS, BLOCK = 256, 128
 
 
 @contextlib.contextmanager
-def emulated_engines(profile: str, served: str, instances: int = 1) -> Iterator[list[str]]:
+def emulated_engines(profile: str, served: str, instances: int = 1,
+                     shared_host: bool = False) -> Iterator[list[str]]:
     """``instances`` emulated engines serving ``served`` with the iteration times of the
     built-in ``profile`` and its engine settings (16 sequences, 4096 tokens a step; KV
-    ``BLOCKS`` blocks of ``BLOCK`` tokens): their URLs; stopped after."""
+    ``BLOCKS`` blocks of ``BLOCK`` tokens; ``shared_host``: slowing each other down by the
+    profile's neighbour slowdowns): their URLs; stopped after."""
     proc = subprocess.Popen(
         [sys.executable, "-c", "from sagellm.cli import main; main()", "emulate",
          "--model", "llama-3-8b", "--served-model-name", served,
          "--profile", str(resolve_profile(profile)), "--instances", str(instances),
          "--port", "0", "--max-num-seqs", "16", "--max-num-batched-tokens", "4096",
-         "--block-size", str(BLOCK), "--num-gpu-blocks", str(BLOCKS)],
+         "--block-size", str(BLOCK), "--num-gpu-blocks", str(BLOCKS),
+         *(["--shared-host"] if shared_host else [])],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     urls, lines = [], []
     try:

@@ -32,19 +32,37 @@ rest; ``s[mine, theirs]`` are the profile's ``neighbour_<mine>_slowdown_<theirs>
 neighbour counts as prefilling while its iteration in progress has prefill chunks, and as
 spinning for its profile's ``neighbour_spin_s`` after its last iteration.
 
-Whoever runs the engines (the simulator) sets the counts with :meth:`set_neighbours`
-(and ends each engine's spinning after :func:`spin_s`). An
-:class:`~control_plane.engine.Engine` times its plans when it makes them: call
+Whoever runs the engines (the simulator, the emulated engines of ``sagellm emulate
+--shared-host``) keeps what each engine of a host does (:data:`IDLE`, :data:`DECODING`,
+:data:`PREFILLING`, :data:`SPINNING`; spinning for :func:`spin_s` after its last iteration)
+and, when one changes, calls :meth:`SharedHostPredictor.respeed` for each other engine with
+:func:`host_counts` of the works of *its* neighbours. An
+:class:`~control_plane.engine.Engine` times its plans when it makes them: ``respeed`` calls
 :meth:`Engine.retime` *before* changing the counts, so that a decode run in progress ends
 with its current iteration (timed at the old speed) and the next plans use the new one.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from control_plane.perf.base import Batch, IterationPredictor
 from control_plane.perf.profile import NEIGHBOUR_KEYS, SPIN_KEY  # predictor attributes too
 
-__all__ = ["SharedHostPredictor", "neighbour_slowdowns", "spin_s"]
+__all__ = ["DECODING", "IDLE", "PREFILLING", "SPINNING", "SharedHostPredictor", "host_counts",
+           "neighbour_slowdowns", "spin_s"]
+
+# what an engine of a host does now
+IDLE, DECODING, PREFILLING, SPINNING = 0, 1, 2, 3
+
+
+def host_counts(works: Iterable[int]) -> tuple[int, int, int]:
+    """(decoding, prefilling, spinning): how many of ``works`` (an engine's neighbours')
+    are each."""
+    n = [0, 0, 0, 0]
+    for w in works:
+        n[w] += 1
+    return n[DECODING], n[PREFILLING], n[SPINNING]
 
 
 def neighbour_slowdowns(predictor: object) -> tuple[float, ...]:
@@ -87,6 +105,17 @@ class SharedHostPredictor:
         self.decoding, self.prefilling, self.spinning = decoding, prefilling, spinning
         self._fd = 1.0 + dd * decoding + dp * prefilling + ds * spinning
         self._fp = 1.0 + pd * decoding + pp * prefilling + ps * spinning
+
+    def respeed(self, engine, counts: tuple[int, int, int], now: float) -> bool:
+        """``engine`` (which times its plans with this predictor) at ``now`` has ``counts``
+        (:func:`host_counts`) neighbours decoding, prefilling and spinning: retime it
+        (:meth:`Engine.retime`) and set them. False when they did not change (nothing
+        done); after True, the engine's ``plan_end_s`` may have moved."""
+        if counts == (self.decoding, self.prefilling, self.spinning):
+            return False
+        engine.retime(now)
+        self.set_neighbours(*counts)
+        return True
 
     def iteration_s(self, batch: Batch) -> float:
         full = self.base.iteration_s(batch)

@@ -48,6 +48,8 @@ def test_help_names_the_api_and_the_options():
     (["--model", "llama-3-8b", "--base-port", "65535", "--instances", "2"], "--instances"),
     (["--model", "llama-3-70b", "--gpu", "h100"], "--gpu-memory-utilization"),
     (["--model", "llama-3-8b", "--max-num-seqs", "0"], "--max-num-seqs"),
+    (["--model", "llama-3-8b", "--instances", "2", "--shared-host"], "--shared-host"),
+    (["--model", "llama-3-8b", "--shared-host"], "--instances"),
 ])
 def test_bad_options_are_named(args, named):
     result = CliRunner().invoke(main, ["emulate", *args])

@@ -1,15 +1,18 @@
 """benchmarks/fidelity.py --engine URL: the whole report against engines already running,
-here two ``sagellm emulate`` engines serving the built-in 92M-parameter vllm-cpu profile.
+here two ``sagellm emulate --shared-host`` engines serving the built-in 92M-parameter
+vllm-cpu profile, slowing each other down by its neighbour slowdowns.
 
-Those engines run the simulator's engine model in real time behind vLLM's API and metrics,
-so the report has to find the simulator close to them: what is left is the live machinery
-(HTTP, the event loop, the replay client), and the per-request API overhead the simulator
-adds from the profile (4.5 ms there for TTFT) while the emulated engines have none: hence
-this profile, whose TTFTs (over 100 ms) it hardly moves, not the tiny model's (5-30 ms). A
-harness that mis-aligned requests, mis-read the engines' metrics or mis-scaled the speed
-checks would show here, with no vLLM. Round robin, so that live and simulated requests go
-to the same engines (least loaded reads the engines' load at scrapes, 0.5 s apart live:
-22.5 % of 40 requests went elsewhere, and TTFT p90 differed by 8.8-12.5 % in two runs)."""
+Those engines run the simulator's engine model, host contention included, in real time
+behind vLLM's API and metrics, so the report has to find the simulator close to them: what
+is left is the live machinery (HTTP, the event loop, the replay client), and the
+per-request API overhead the simulator adds from the profile (4.5 ms there for TTFT) while
+the emulated engines have none: hence this profile, whose TTFTs (over 100 ms) it hardly
+moves, not the tiny model's (5-30 ms). A harness that mis-aligned requests, mis-read the
+engines' metrics, mis-scaled the speed checks or mis-modelled the contention would show
+here, with no vLLM (simulated without the contention, ``--contention-scale 0``, the e2e
+median was 11.4 % off). Round robin, so that live and simulated requests go to the same
+engines (least loaded reads the engines' load at scrapes, 0.5 s apart live: 22.5 % of 40
+requests went elsewhere, and TTFT p90 differed by 8.8-12.5 % in two runs)."""
 
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ PROFILE = "vllm-cpu-llama-small-pinned"
 @pytest.fixture(scope="module")
 def engines():
     """Two emulated engines with the profile's engine settings: their URLs."""
-    with emulated_engines(PROFILE, "llama-small", 2) as urls:
+    with emulated_engines(PROFILE, "llama-small", 2, shared_host=True) as urls:
         yield urls
 
 
@@ -57,7 +60,7 @@ def test_the_report_against_running_engines_finds_the_model_they_run(engines, tm
     res = _bench("--engine", engines[0], "--engine", engines[1] + "/", "--profile", PROFILE,
                  "--trace", str(_trace(tmp_path / "t.csv")), "--requests", "40",
                  "--loads", "0.8", "--routers", "round_robin", "--live-repeats", "1",
-                 "--contention-scale", "0", "--no-neighbour-check", "--json", "--out", str(out))
+                 "--json", "--out", str(out))
     assert res.returncode == 0, res.stderr[-3000:]
     doc = json.loads(res.stdout)
     setup = doc["setup"]
@@ -70,12 +73,16 @@ def test_the_report_against_running_engines_finds_the_model_they_run(engines, tm
     assert (run["load"], run["router"], run["live_failed"]) == (0.8, "round_robin", 0)
     assert run["same_engine"] == [1.0]   # round robin: every request where it was simulated
     assert len(run["live_replays"]) == 1
-    # the speed checks find each engine as fast as its profile: it is the profile
+    # the speed checks find each engine as fast as its profile, and as slowed by the other
+    # decoding as its profile says (0.156): it is the profile
+    assert setup["contention_scale"] == 1.0
+    slowdown = setup["neighbour_slowdowns"][0]["neighbour_decode_slowdown_decode"]
     for name in ("engine-0", "engine-1"):
         speed = run["speed"][name]
         assert len(speed["checks"]) == 2   # before and after the replay
         assert speed["decode"] == pytest.approx(1, abs=0.05)
         assert speed["prefill"] == pytest.approx(1, abs=0.05)
+        assert speed["decode_by_decode"] == pytest.approx(slowdown, abs=0.02)
     # inside the engines the simulator matches them (their /metrics next to its records)
     side = run["engine_side"]
     assert side["sim_itl_mean_s"] == pytest.approx(side["live_itl_mean_s"], rel=0.05)
