@@ -77,3 +77,28 @@ def test_retime_keeps_fast_forward_equal_to_step_by_step():
     # later changes slow fewer iterations down
     early, late = _finishes(True, 0.35), _finishes(True, 1.234)
     assert all(early[r] > late[r] for r in early)
+
+
+def test_host_counts_and_respeed():
+    from control_plane.engine.contention import (
+        DECODING,
+        IDLE,
+        PREFILLING,
+        SPINNING,
+        host_counts,
+    )
+    assert host_counts([DECODING, IDLE, PREFILLING, DECODING, SPINNING]) == (2, 1, 1)
+    assert host_counts([]) == (0, 0, 0)
+    p = SharedHostPredictor(BASE, SLOW)
+    eng = Engine(EngineConfig(max_num_seqs=4), p)
+    eng.add(Request("a", 0.0, 64, output_tokens=50, max_tokens=50), 0.0)
+    eng.step(0.0)                       # prefilled; now a run of decodes
+    t0 = 1.0
+    end = eng.start(t0)                 # a run of 49 decode iterations (fast-forwarded)
+    assert eng.busy and end is not None and end > t0 + 0.1
+    assert not p.respeed(eng, (0, 0, 0), t0 + 1e-4)   # nothing changed: nothing done
+    assert eng.plan_end_s == end
+    assert p.respeed(eng, (1, 0, 0), t0 + 1e-4)       # a neighbour decodes from now
+    assert (p.decoding, p.prefilling, p.spinning) == (1, 0, 0)
+    # the run ends with the iteration in progress (the first of 49)
+    assert t0 < eng.plan_end_s < t0 + (end - t0) / 10
