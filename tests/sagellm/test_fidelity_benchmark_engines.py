@@ -130,3 +130,29 @@ def test_an_engine_that_dies_mid_report_is_named_and_the_done_loads_kept(tmp_pat
     assert proc.returncode == 1, err[-3000:]
     assert re.search(r"fidelity: engine http://127\.0\.0\.1:\d+: /metrics did not answer", err)
     assert first.is_file() and (first.parent / "source=live.parquet").is_file()
+
+
+def test_the_report_calibrates_running_engines_first(tmp_path):
+    """--calibrate with --engine: each running engine is calibrated (the other as its
+    neighbour) and simulated with its own profile, which gives back the one it runs; two
+    emulated engines apart do not slow each other down, and their profiles say so."""
+    from control_plane.perf.profile import FittedPredictor, read_profile
+    from tests.emulated_engines import builtin_predictor, max_error
+    out = tmp_path / "out"
+    with emulated_engines("vllm-cpu-llama-tiny", "llama-tiny", 2) as urls:
+        res = _bench("--engine", urls[0], "--engine", urls[1], "--profile",
+                     "vllm-cpu-llama-tiny", "--calibrate", "--calibrate-budget", "10",
+                     "--neighbour-repeats", "1", "--trace", str(_trace(tmp_path / "t.csv")),
+                     "--requests", "40", "--loads", "0.8", "--routers", "round_robin",
+                     "--live-repeats", "1", "--json", "--out", str(out))
+    assert res.returncode == 0, res.stderr[-3000:]
+    setup = json.loads(res.stdout)["setup"]
+    assert setup["calibrated_here"] is True
+    assert setup["profile"] == [str(out / "profiles" / f"engine-{k}.csv") for k in (0, 1)]
+    for url, path in zip(urls, setup["profile"], strict=True):
+        table = read_profile(path)
+        assert table.meta["hardware"] == f"{url} (fidelity run)"
+        assert max_error(FittedPredictor.from_table(table),
+                         builtin_predictor("vllm-cpu-llama-tiny")) < 0.02
+    for slow in setup["neighbour_slowdowns"]:
+        assert max(slow.values()) < 0.03
