@@ -38,7 +38,7 @@ from aiohttp import web
 from control_plane.prefix import DEFAULT_BLOCK_SIZE
 from live.emulate import EmulatedEngine, EngineRefused, TokenStream
 from live.emulate_metrics import CONTENT_TYPE, EngineMetricsText
-from live.gateway_body import CHAT, COMPLETIONS, BodyError, parse_body
+from live.gateway_body import CHAT, COMPLETIONS, BodyError, parse_body, prompt_size
 from live.headers import PROMPT_TOKENS
 from live.vllm_env import DEFAULT_VLLM_VERSION
 
@@ -47,6 +47,7 @@ __all__ = ["EmulatorServer"]
 CHARS_PER_TOKEN = 4
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
 _MAX_HASH_BLOCKS = 1 << 30
+_HASH_BLOCK_CHARS = DEFAULT_BLOCK_SIZE * CHARS_PER_TOKEN   # the gateway's text blocks
 _SSE_HEADERS = {"content-type": "text/event-stream", "cache-control": "no-cache"}
 
 
@@ -154,7 +155,7 @@ class EmulatorServer:
         request per prompt, as vLLM makes them); raises _ApiError."""
         try:
             parsed = parse_body(raw, kind, chars_per_token=CHARS_PER_TOKEN,
-                                prefix_block_chars=DEFAULT_BLOCK_SIZE * CHARS_PER_TOKEN,
+                                prefix_block_chars=_HASH_BLOCK_CHARS,
                                 max_prefix_blocks=_MAX_HASH_BLOCKS)
         except BodyError as exc:
             raise _ApiError(400, str(exc), exc.param) from None
@@ -173,11 +174,8 @@ class EmulatorServer:
             batch = []
             for k, one in enumerate(prompt):
                 try:
-                    batch.append(parse_body(
-                        json.dumps({**body, "prompt": one}).encode(), kind,
-                        chars_per_token=CHARS_PER_TOKEN,
-                        prefix_block_chars=DEFAULT_BLOCK_SIZE * CHARS_PER_TOKEN,
-                        max_prefix_blocks=_MAX_HASH_BLOCKS))
+                    batch.append(prompt_size(one, CHARS_PER_TOKEN, _HASH_BLOCK_CHARS,
+                                             _MAX_HASH_BLOCKS))
                 except BodyError as exc:
                     raise _ApiError(400, f"prompt[{k}]: {exc}", f"prompt[{k}]") from None
         prompt_tokens = parsed.prompt_tokens
@@ -191,7 +189,7 @@ class EmulatorServer:
                 raise _ApiError(400, f"header {PROMPT_TOKENS}: expected an integer >= 1, got "
                                 f"{hint!r}", PROMPT_TOKENS)
         sizes = ([(prompt_tokens, parsed.prefix_hashes)] if batch is None
-                 else [(b.prompt_tokens, b.prefix_hashes) for b in batch])
+                 else batch)
         max_len = self.max_model_len
         out = parsed.max_tokens
         if out is None:

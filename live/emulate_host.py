@@ -44,14 +44,13 @@ class EmulatedHost:
         """Engine ``k`` does ``work`` from ``now`` (the engines' clock): an engine that runs
         out of work spins for its ``spin_s`` first (``spin=False``: idles at once); the
         others are re-speeded when it changes what they see."""
-        e = self.engines[k]
-        if spin and work == IDLE and self.works[k] != IDLE and spin_s(e.predictor) > 0:
+        spins_s = spin_s(self.engines[k].predictor)
+        if spin and work == IDLE and self.works[k] != IDLE and spins_s > 0:
             if self.works[k] == SPINNING:
                 return   # spins on until its timer
             work = SPINNING
             self._spins[k] += 1
-            asyncio.get_running_loop().call_at(now + spin_s(e.predictor), self._spun, k,
-                                               self._spins[k])
+            asyncio.get_running_loop().call_at(now + spins_s, self._spun, k, self._spins[k])
         if work == self.works[k]:
             return
         self.works[k] = work

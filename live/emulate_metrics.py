@@ -164,9 +164,8 @@ class EngineMetricsText:
         self._counters = counters
         self._labels = (f'engine="{_label_value(engine_label)}",'
                         f'model_name="{_label_value(model_name)}"')
-        self._le = {id(getattr(counters, attr)): [f"{b!r}" for b in
-                                                  getattr(counters, attr).bounds] + ["+Inf"]
-                    for attr, _, _ in _HISTOGRAMS}
+        hists = (getattr(counters, attr) for attr, _, _ in _HISTOGRAMS)
+        self._le = {id(h): [f"{b!r}" for b in h.bounds] + ["+Inf"] for h in hists}
         self._info = None
         if cache_info is not None:
             labels = ",".join(f'{k}="{_label_value(str(v))}"'

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 from control_plane.prefix import block_hashes
 
-__all__ = ["CHAT", "COMPLETIONS", "BodyError", "ParsedBody", "parse_body"]
+__all__ = ["CHAT", "COMPLETIONS", "BodyError", "ParsedBody", "parse_body", "prompt_size"]
 
 COMPLETIONS = "completions"
 CHAT = "chat"
@@ -132,8 +132,8 @@ def parse_body(raw: bytes, kind: str, *, chars_per_token: float = 4.0,
         raise BodyError("n", f"n must be an integer >= 1, got {n!r}")
 
     if kind == COMPLETIONS:
-        prompt_tokens, hashes = _prompt(body.get("prompt"), chars_per_token,
-                                        prefix_block_chars, max_prefix_blocks)
+        prompt_tokens, hashes = prompt_size(body.get("prompt"), chars_per_token,
+                                            prefix_block_chars, max_prefix_blocks)
         max_tokens = _max_tokens(body, ("max_tokens",))
     elif kind == CHAT:
         prompt_tokens, hashes = _messages(body.get("messages"), chars_per_token,
@@ -166,8 +166,11 @@ def parse_body(raw: bytes, kind: str, *, chars_per_token: float = 4.0,
                       hide_usage)
 
 
-def _prompt(prompt: object, cpt: float, block: int, max_blocks: int
-            ) -> tuple[int, tuple[int, ...]]:
+def prompt_size(prompt: object, cpt: float, block: int, max_blocks: int
+                ) -> tuple[int, tuple[int, ...]]:
+    """(prompt tokens, prefix hashes) of a completions ``prompt`` as :func:`parse_body`
+    sizes it (text: ``cpt`` characters a token, hashed per ``block`` characters; token ids
+    per 16; at most ``max_blocks`` blocks); BodyError naming ``prompt``."""
     if prompt is None:
         raise BodyError("prompt", "prompt is required")
     if isinstance(prompt, str):

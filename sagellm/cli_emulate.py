@@ -233,18 +233,18 @@ def emulate_cmd(model, served_model_name, gpu, tp, pp, predictor, profile, host,
     click.echo(f"{instances} emulated engine(s): {what}; KV {cfg.num_gpu_blocks} blocks x "
                f"{cfg.block_size} tokens, max_num_seqs {cfg.max_num_seqs}, "
                f"max_num_batched_tokens {cfg.max_num_batched_tokens}")
-    engines = [EmulatedEngine(cfg, pred, max_lag_s=max_lag) for _ in range(instances)]
+    slow = neighbour_slowdowns(pred)
     if shared_host:
         if instances < 2:
             raise click.BadParameter("a shared host needs 2 or more engines",
                                      param_hint="--instances")
-        slow = neighbour_slowdowns(pred)
         if not any(slow):
             raise click.BadParameter("the predictor has no neighbour slowdowns: give a "
                                      "--profile calibrated with `sagellm calibrate "
                                      "--neighbour-core`", param_hint="--shared-host")
-        engines = [EmulatedEngine(cfg, SharedHostPredictor(pred, slow), max_lag_s=max_lag)
-                   for _ in range(instances)]
+    engines = [EmulatedEngine(cfg, SharedHostPredictor(pred, slow) if shared_host else pred,
+                              max_lag_s=max_lag) for _ in range(instances)]
+    if shared_host:
         EmulatedHost(engines)
         click.echo(f"one shared host: neighbour slowdowns {', '.join(f'{v:.3f}' for v in slow)}"
                    f" ({', '.join(NEIGHBOUR_KEYS)})")
