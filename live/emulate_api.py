@@ -285,7 +285,18 @@ class EmulatorServer:
                 "object": "chat.completion.chunk" if chat else "text_completion",
                 "created": int(time.time()), "model": self.model_name}
         resp = web.StreamResponse(headers=_SSE_HEADERS)
-        await resp.prepare(http)
+        try:
+            await resp.prepare(http)
+            await self._send(resp, s, head, chat, include_usage, continuous)
+        except ConnectionError:
+            # the client left between two writes, before the server noticed (which cancels
+            # the handler): vLLM aborts such a request; _generate's ``finally`` does
+            pass
+        return resp
+
+    async def _send(self, resp: web.StreamResponse, s: TokenStream, head: dict, chat: bool,
+                    include_usage: bool, continuous: bool) -> None:
+        """The SSE events of ``s``, written as its tokens come, then ``[DONE]``."""
         if chat:
             first = {**head, "choices": [{"index": 0, "delta": {"role": "assistant",
                                                                  "content": ""},
@@ -314,9 +325,8 @@ class EmulatorServer:
         if s.error is not None:
             await resp.write(_event({"error": {"message": s.error, "type": "InternalServerError",
                                                "param": None, "code": 500}}))
-            return resp
+            return
         if include_usage:
             await resp.write(_event({**head, "choices": [], "usage": self._usage(s, True)}))
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
-        return resp

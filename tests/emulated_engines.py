@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 
 import numpy as np
@@ -44,10 +45,12 @@ def emulated_engines(profile: str, served: str, instances: int = 1,
             m = re.match(r"engine (http://\S+) ", line)
             if m:
                 urls.append(m.group(1))
+        # whatever it prints from now on is read too: a full pipe would block the engines
+        threading.Thread(target=lines.extend, args=(proc.stdout,), daemon=True).start()
         yield urls
     finally:
         proc.send_signal(signal.SIGINT)
-        proc.communicate(timeout=30)
+        proc.wait(timeout=30)
 
 
 def builtin_predictor(profile: str) -> FittedPredictor:

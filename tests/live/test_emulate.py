@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -375,6 +376,40 @@ def test_a_client_that_leaves_frees_its_request():
                 await asyncio.sleep(0.01)
             assert srv.engine.in_flight == 0 and srv.engine.load().kv_usage == 0
     run(main())
+
+
+def test_a_client_gone_by_the_next_write_is_aborted_quietly(monkeypatch, caplog):
+    """A client can leave between two of a stream's writes before the server notices (and
+    cancels the handler): the write fails with a connection reset. The request is aborted
+    and nothing is logged as an error: a long-running emulator whose clients cancel
+    streams (the calibration's background loads) must not fill its log with tracebacks."""
+    from aiohttp import web
+    from aiohttp.client_exceptions import ClientConnectionResetError
+    real_write, writes = web.StreamResponse.write, []
+
+    async def write_then_reset(self, data):
+        writes.append(data)
+        if len(writes) == 2:
+            raise ClientConnectionResetError("Cannot write to closing transport")
+        await real_write(self, data)
+
+    async def main():
+        async with server() as (srv, http):
+            monkeypatch.setattr(web.StreamResponse, "write", write_then_reset)
+            async with http.post(srv.url + "/v1/completions", json={
+                    "model": MODEL, "prompt": "x" * 64, "max_tokens": 900,
+                    "stream": True}) as r:
+                assert r.status == 200
+                await r.read()           # the stream ends after the failed write
+            monkeypatch.undo()
+            assert len(writes) == 2 and srv.engine.in_flight == 0
+            assert srv.engine.load().kv_usage == 0
+            status, out = await post(http, srv.url + "/v1/completions",
+                                     {"model": MODEL, "prompt": "x" * 8, "max_tokens": 3})
+            assert status == 200 and out["usage"]["completion_tokens"] == 3
+    with caplog.at_level(logging.DEBUG, logger="aiohttp"):
+        run(main())
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
 
 
 def test_a_failing_engine_model_fails_its_requests_and_its_health():
