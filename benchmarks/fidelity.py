@@ -73,7 +73,7 @@ from the first one (the same requests on the same engines): the live system's ow
 run-to-run spread, against which ``failures_beyond_live_spread`` lists the target misses
 that exceed it. ``runs[].err_speed_band``: the signed errors with every engine simulated
 ``--speed-band`` (default 3 %, the median change between consecutive speed checks in the
-first runs; 4.2 % in seven later ones)
+first runs; 3.9 % in eight later ones)
 faster and slower than checked; ``failures_within_speed_band`` lists the misses that speed
 range reaches into the target (the latencies move several times as much as the speed: in a
 run at the defaults, 3 % of speed moved the e2e median by 6-15 %).
@@ -792,8 +792,8 @@ def main() -> int:
     ap.add_argument("--speed-band", type=float, default=0.03,
                     help="also simulate each replay with the engines this fraction faster and "
                     "slower than checked (runs[].err_speed_band; 0: not): consecutive speed "
-                    "checks differed by a median 3 %% in the first runs here (4.2 %% over "
-                    "seven later ones), and near capacity the latencies "
+                    "checks differed by a median 3 %% in the first runs here (3.9 %% over "
+                    "eight later ones), and near capacity the latencies "
                     "move several times as much as the speed")
     ap.add_argument("--live-repeats", type=int, default=2,
                     help="live replays of each load and router (the live figures pool them; "

