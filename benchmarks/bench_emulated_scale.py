@@ -21,20 +21,40 @@ Per N, medians of ``--repeats`` runs:
 
 ``largest_real_time``: the largest N whose every run kept real time.
 
+``--split``: the shape a user deploys instead of one loop. ``sagellm emulate --instances N``
+serves the engines from a process of its own and ``sagellm gateway`` (the same policy,
+router, intervals and ``max_inflight``) runs in another, both on uvloop; the replay client
+stays here. The engines' lateness is read from their ``/metrics``
+(``sagellm_emulator_max_late_seconds``) after each run. The processes start afresh for each
+run, as the in-process engines do.
+
     python benchmarks/bench_emulated_scale.py [--json] [--engines 4,16,32,64] [--repeats 3]
+                                              [--split]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
+import re
 import statistics
+import subprocess
 import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 
+from live.launcher import reserve_port
+from live.replay import ReplayConfig, replay
 from sagellm.emulated_fidelity import (
     LIVE,
+    MODEL,
     SIM,
     EmulatedSetup,
     compare_emulated,
@@ -43,6 +63,101 @@ from sagellm.emulated_fidelity import (
 
 MAX_LATE_S = 0.05
 FIGURES = (("ttft", 0.5), ("ttft", 0.9), ("e2e", 0.5), ("e2e", 0.9))
+
+
+_CLI = [sys.executable, "-c", "from sagellm.cli import main; main()"]
+_LATE = re.compile(r"^sagellm_emulator_max_late_seconds\{[^}]*\} (\S+)$", re.M)
+
+
+def _emulate_cmd(setup: EmulatedSetup) -> list[str]:
+    e, p = setup.engine, setup.predictor
+    return [*_CLI, "emulate", "--model", "llama-3-8b", "--served-model-name", MODEL,
+            "--predictor", f"linear:overhead_s={p.overhead_s!r},per_token_s={p.per_token_s!r},"
+            f"per_context_s={p.per_context_s!r},per_attention_s={p.per_attention_s!r}",
+            "--instances", str(setup.engines), "--port", "0",
+            "--max-num-seqs", str(e.max_num_seqs),
+            "--max-num-batched-tokens", str(e.max_num_batched_tokens),
+            "--block-size", str(e.block_size), "--num-gpu-blocks", str(e.num_gpu_blocks),
+            "--scheduling-policy", e.scheduling_policy,
+            "--enable-prefix-caching" if e.enable_prefix_caching else "--no-enable-prefix-caching",
+            "--enable-chunked-prefill" if e.enable_chunked_prefill
+            else "--no-enable-chunked-prefill"]
+
+
+def _wait_for(what: str, ready, proc: subprocess.Popen, log: Path, timeout_s: float = 60):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{what} exited with {proc.returncode}:\n{log.read_text()[-2000:]}")
+        got = ready()
+        if got:
+            return got
+        time.sleep(0.1)
+    raise SystemExit(f"{what} not ready after {timeout_s:g} s:\n{log.read_text()[-2000:]}")
+
+
+def _gateway_up(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url + "/health", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _split(setup: EmulatedSetup, policy: str, router: str) -> Iterator[tuple[str, list[str]]]:
+    """``sagellm emulate`` and ``sagellm gateway`` in processes of their own: the gateway's
+    URL and the engines'."""
+    procs: list[subprocess.Popen] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        emu_log, gw_log = Path(tmp) / "emulate.log", Path(tmp) / "gateway.log"
+        try:
+            with emu_log.open("w") as f:
+                procs.append(subprocess.Popen(_emulate_cmd(setup), stdout=f,
+                                              stderr=subprocess.STDOUT))
+            urls = _wait_for("sagellm emulate", lambda: (
+                lambda u: u if len(u) == setup.engines else None)(
+                re.findall(r"^engine (http://\S+) ", emu_log.read_text(), re.M)),
+                procs[0], emu_log)
+            hold = reserve_port("127.0.0.1")
+            port = hold.getsockname()[1]
+            hold.close()
+            cmd = [*_CLI, "gateway", "--policy", policy, "--router", router, "--port", str(port),
+                   "--scrape-interval", str(setup.scrape_interval_s),
+                   "--tick-interval", str(setup.tick_interval_s), "--health-interval", "0.5",
+                   "--max-inflight", str(setup.max_inflight), "--log-level", "warning"]
+            for name, url in zip(setup.names, urls, strict=True):
+                cmd += ["--engine", f"{name}={url}"]
+            with gw_log.open("w") as f:
+                procs.append(subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT))
+            gw = f"http://127.0.0.1:{port}"
+            _wait_for("sagellm gateway", lambda: _gateway_up(gw), procs[1], gw_log)
+            yield gw, urls
+        finally:
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
+def _engine_late_s(url: str) -> float:
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
+        m = _LATE.search(r.read().decode())
+    if m is None:
+        raise SystemExit(f"{url}/metrics: no sagellm_emulator_max_late_seconds")
+    return float(m.group(1))
+
+
+def run_split(requests, setup: EmulatedSetup, policy, router):
+    """compare_emulated's live side with the engines and the gateway in processes of their
+    own (``--split``)."""
+    with _split(setup, str(policy), str(router)) as (gw, urls):
+        res = asyncio.run(replay(requests, gw, ReplayConfig(model=MODEL)))
+        return res.records, res.max_send_lag_s, max(_engine_late_s(u) for u in urls)
 
 
 def _errors(records) -> dict[str, float]:
@@ -58,11 +173,12 @@ def _errors(records) -> dict[str, float]:
     return out
 
 
-def one(engines: int, per_engine: int, load: float, seed: int) -> dict:
+def one(engines: int, per_engine: int, load: float, seed: int, split: bool) -> dict:
     setup = EmulatedSetup(engines=engines)
     records, runs = compare_emulated(emulated_workload(per_engine * engines, seed=seed),
                                      loads=(load,), routers=("round_robin",), setup=setup,
-                                     max_late_s=MAX_LATE_S, retries=0)
+                                     max_late_s=MAX_LATE_S, retries=0,
+                                     live=run_split if split else None)
     (run,) = runs.to_dict("records")
     if run["live_ok"] != run["requests"] or run["sim_ok"] != run["requests"]:
         raise SystemExit(f"{engines} engines: {run['live_ok']} live / {run['sim_ok']} "
@@ -72,8 +188,8 @@ def one(engines: int, per_engine: int, load: float, seed: int) -> dict:
             "real_time": bool(run["kept_real_time"]), "err": _errors(records)}
 
 
-def measure(engines: int, per_engine: int, load: float, repeats: int) -> dict:
-    runs = [one(engines, per_engine, load, seed) for seed in range(repeats)]
+def measure(engines: int, per_engine: int, load: float, repeats: int, split: bool) -> dict:
+    runs = [one(engines, per_engine, load, seed, split) for seed in range(repeats)]
     med = statistics.median
     return {"engines": engines, "requests": per_engine * engines,
             "offered_rps": round(med(r["offered_rps"] for r in runs), 1),
@@ -101,13 +217,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--load", type=float, default=0.6,
                     help="fraction of the engines' estimated capacity offered")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--split", action="store_true",
+                    help="engines (sagellm emulate) and gateway (sagellm gateway) in processes "
+                    "of their own, not on this process's one event loop")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
     if args.per_engine < 1 or args.repeats < 1 or not args.load > 0:
         ap.error("--per-engine and --repeats must be >= 1 and --load > 0")
     rows = []
     for n in args.engines:
-        rows.append(measure(n, args.per_engine, args.load, args.repeats))
+        rows.append(measure(n, args.per_engine, args.load, args.repeats, args.split))
         if not args.json:
             r = rows[-1]
             print(f"{n:4d} engines {r['offered_rps']:7.1f} req/s: send lag "
@@ -115,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
                   f" ms late; real time {r['real_time_runs']}/{r['repeats']}; live/sim - 1: "
                   + ", ".join(f"{k} {v:+.1%}" for k, v in r["err"].items()), flush=True)
     kept = [r["engines"] for r in rows if r["real_time_runs"] == r["repeats"]]
-    result = {"load": args.load, "per_engine": args.per_engine, "scales": rows,
+    result = {"load": args.load, "per_engine": args.per_engine, "split": args.split,
+              "scales": rows,
               "largest_real_time": max(kept) if kept else None}
     if args.json:
         print(json.dumps(result, indent=2))

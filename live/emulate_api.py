@@ -91,7 +91,8 @@ class EmulatorServer:
         cfg = engine.config
         self.metrics = EngineMetricsText(model_name, engine.load, engine.counters, cache_info={
             "block_size": cfg.block_size, "num_gpu_blocks": cfg.num_gpu_blocks,
-            "enable_prefix_caching": cfg.enable_prefix_caching})
+            "enable_prefix_caching": cfg.enable_prefix_caching},
+            lateness=lambda: (engine.max_late_s, engine.resyncs))
         self.requests = 0  # served, for ids
         self.url = ""
         self.app = web.Application()

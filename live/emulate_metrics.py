@@ -25,6 +25,12 @@ dashboard built for vLLM read an emulated engine unchanged:
   ``block_size``, ``num_gpu_blocks`` and ``enable_prefix_caching``, a subset of the
   ``CacheConfig`` fields vLLM puts there), from which a client reads the KV capacity.
 
+Two series of the emulator's own (not vLLM's), with ``lateness`` given: whether the process
+kept real time, which its latencies mean nothing without: the gauge
+``sagellm_emulator_max_late_seconds`` (the latest an iteration's tokens went out after its
+planned end) and the counter ``sagellm_emulator_resyncs_total`` (times the engine's clock
+jumped to real time, more than ``max_lag_s`` late: :class:`live.emulate.EmulatedEngine`).
+
 Times are the engine model's (iteration ends), not when the bytes left the server.
 """
 
@@ -157,10 +163,13 @@ class EngineMetricsText:
 
     def __init__(self, model_name: str, load: Callable[[], EngineLoad],
                  counters: EngineCounters, engine_label: str = "0",
-                 cache_info: dict[str, object] | None = None) -> None:
+                 cache_info: dict[str, object] | None = None,
+                 lateness: Callable[[], tuple[float, int]] | None = None) -> None:
         """``cache_info``: the labels of ``vllm:cache_config_info`` (none: no such
-        series)."""
+        series); ``lateness``: (latest iteration end in seconds late, resyncs) at a scrape
+        (none: no such series)."""
         self._load = load
+        self._lateness = lateness
         self._counters = counters
         self._labels = (f'engine="{_label_value(engine_label)}",'
                         f'model_name="{_label_value(model_name)}"')
@@ -200,4 +209,14 @@ class EngineMetricsText:
                 out.append(f'{name}_bucket{{{lab},le="{le}"}} {float(cum)!r}')
             out.append(f"{name}_count{{{lab}}} {float(cum)!r}")
             out.append(f"{name}_sum{{{lab}}} {h.sum!r}")
+        if self._lateness is not None:
+            late, resyncs = self._lateness()
+            out.append("# HELP sagellm_emulator_max_late_seconds Latest an emulated iteration's "
+                       "tokens went out after its planned end.\n"
+                       "# TYPE sagellm_emulator_max_late_seconds gauge\n"
+                       f"sagellm_emulator_max_late_seconds{{{lab}}} {float(late)!r}")
+            out.append("# HELP sagellm_emulator_resyncs_total Times the emulated engine's clock "
+                       "jumped to real time (the process fell behind).\n"
+                       "# TYPE sagellm_emulator_resyncs_total counter\n"
+                       f"sagellm_emulator_resyncs_total{{{lab}}} {float(resyncs)!r}")
         return ("\n".join(out) + "\n").encode()

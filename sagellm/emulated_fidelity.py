@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -46,10 +47,11 @@ from sim import InstanceSim, SimConfig, simulate
 from workloads import Uniform, arrivals, shared_system_prompts, transform
 from workloads.trace import Trace
 
-__all__ = ["LIVE", "SIM", "EmulatedSetup", "compare_emulated", "emulated_workload"]
+__all__ = ["LIVE", "MODEL", "SIM", "EmulatedSetup", "LiveRunner", "compare_emulated",
+           "emulated_workload"]
 
 SIM, LIVE = "sim", "live (emulated engines)"
-_MODEL = "emulated"
+MODEL = "emulated"   # the served model name
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,9 +94,15 @@ def emulated_workload(requests: int, seed: int = 0) -> Trace:
                                  output_tokens=Uniform(8, 32), seed=seed, name="emulated-mix")
 
 
+# (requests, setup, policy, router) -> (the live records, the latest send after its arrival,
+# the latest iteration end after its planned end), in seconds
+LiveRunner = Callable[[list[Request], EmulatedSetup, object, object],
+                      tuple[list[RequestRecord], float, float]]
+
+
 async def _live(requests: list[Request], setup: EmulatedSetup, policy: object,
                 router: object) -> tuple[list[RequestRecord], float, float]:
-    servers = [EmulatorServer(EmulatedEngine(setup.engine, setup.predictor), _MODEL)
+    servers = [EmulatorServer(EmulatedEngine(setup.engine, setup.predictor), MODEL)
                for _ in setup.names]
     gw = None
     try:
@@ -107,7 +115,7 @@ async def _live(requests: list[Request], setup: EmulatedSetup, policy: object,
                                           tick_interval_s=setup.tick_interval_s,
                                           health_interval_s=0.5))
         port = await gw.listen("127.0.0.1", 0)
-        res = await replay(requests, f"http://127.0.0.1:{port}", ReplayConfig(model=_MODEL))
+        res = await replay(requests, f"http://127.0.0.1:{port}", ReplayConfig(model=MODEL))
         late = max(s.engine.max_late_s for s in servers)
         return res.records, res.max_send_lag_s, late
     finally:
@@ -140,11 +148,14 @@ def _frame(records: list[RequestRecord], **labels: object) -> pd.DataFrame:
 def compare_emulated(trace: Trace, *, loads: tuple[float, ...] = (0.5,),
                      routers: tuple = ("least_loaded",), policy: object = "fifo",
                      setup: EmulatedSetup | None = None, max_late_s: float = 0.05,
-                     retries: int = 2) -> tuple[pd.DataFrame, pd.DataFrame]:
+                     retries: int = 2, live: LiveRunner | None = None,
+                     ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Run ``trace`` at each load (fraction of :meth:`EmulatedSetup.capacity_rps`) with each
     router through both sides. Returns (records of every run with ``source``, ``load``,
     ``router`` and ``offered_rps`` leading, one row per run with its lateness, attempts and
-    counts); see the module doc for ``max_late_s`` and ``retries``."""
+    counts); see the module doc for ``max_late_s`` and ``retries``. ``live``: runs the live
+    side (default: gateway, engines and client on one event loop in this process)."""
+    run_live = live or _run_live
     setup = setup or EmulatedSetup()
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise ValueError(f"retries={retries!r}: must be an integer >= 0")
@@ -167,15 +178,15 @@ def compare_emulated(trace: Trace, *, loads: tuple[float, ...] = (0.5,),
             attempts = 0
             while True:
                 attempts += 1
-                live, send_lag, engine_late = _run_live(requests, setup, policy, router)
+                got, send_lag, engine_late = run_live(requests, setup, policy, router)
                 if max(send_lag, engine_late) <= max_late_s or attempts > retries:
                     break
             common = {"load": float(load), "router": label, "offered_rps": offered}
             frames += [_frame(sim.records, source=SIM, **common),
-                       _frame(live, source=LIVE, **common)]
+                       _frame(got, source=LIVE, **common)]
             runs.append({**common, "requests": len(requests),
                          "sim_ok": sum(r.status == "ok" for r in sim.records),
-                         "live_ok": sum(r.status == "ok" for r in live),
+                         "live_ok": sum(r.status == "ok" for r in got),
                          "max_send_lag_s": send_lag, "max_engine_late_s": engine_late,
                          "attempts": attempts,
                          "kept_real_time": max(send_lag, engine_late) <= max_late_s})

@@ -309,9 +309,9 @@ def test_metrics_have_vllm_names_and_count_the_requests():
             async with http.get(srv.url + "/metrics") as r:
                 assert r.status == 200 and r.headers["content-type"].startswith("text/plain")
                 text = await r.text()
-        return text, srv.engine.config
+        return text, srv.engine.config, srv.engine.max_late_s
 
-    text, cfg = run(main())
+    text, cfg, late = run(main())
     values = {}
     for line in text.splitlines():
         if line and not line.startswith("#"):
@@ -351,6 +351,9 @@ def test_metrics_have_vllm_names_and_count_the_requests():
     assert values[info] == 1.0
     assert f'num_gpu_blocks="{cfg.num_gpu_blocks}"' in info
     assert f'block_size="{cfg.block_size}"' in info
+    # the emulator's own: how late it got (its latencies mean nothing if it fell behind)
+    assert values[f"sagellm_emulator_max_late_seconds{{{lab}}}"] == late >= 0
+    assert values[f"sagellm_emulator_resyncs_total{{{lab}}}"] == 0   # NEVER_RESYNC
     # the gateway's scraper reads it
     m = parse_metrics(text)
     assert (m.running, m.waiting, m.kv_usage) == (0, 0, 0.0)

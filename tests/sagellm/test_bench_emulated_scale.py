@@ -39,3 +39,16 @@ def test_bad_engine_counts_are_refused_by_name():
     assert res.returncode == 2 and "'4,x': want engine counts like 4,16,32" in res.stderr
     res = _bench("--engines", "0")
     assert res.returncode == 2 and "engine counts must be >= 1" in res.stderr
+
+
+def test_split_runs_the_engines_and_the_gateway_as_processes_of_their_own():
+    """--split: ``sagellm emulate`` and ``sagellm gateway`` started per run; every request
+    served through them, the engines' lateness read from their /metrics."""
+    res = _bench("--engines", "2", "--per-engine", "5", "--repeats", "1", "--split", "--json")
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads(res.stdout)
+    assert out["split"] is True
+    (s,) = out["scales"]
+    assert s["engines"] == 2 and s["requests"] == 10
+    assert 0 <= s["max_engine_late_ms"] < 1000 and s["max_send_lag_ms"] >= 0
+    assert all(math.isfinite(v) and v > -1 for v in s["err"].values())
