@@ -96,6 +96,12 @@ def _wait_for(what: str, ready, proc: subprocess.Popen, log: Path, timeout_s: fl
     raise SystemExit(f"{what} not ready after {timeout_s:g} s:\n{log.read_text()[-2000:]}")
 
 
+def _engine_urls(log: Path, engines: int) -> list[str] | None:
+    """The URLs ``sagellm emulate`` printed, once all ``engines`` are up."""
+    urls = re.findall(r"^engine (http://\S+) ", log.read_text(), re.M)
+    return urls if len(urls) == engines else None
+
+
 def _gateway_up(url: str) -> bool:
     try:
         with urllib.request.urlopen(url + "/health", timeout=2) as r:
@@ -115,10 +121,8 @@ def _split(setup: EmulatedSetup, policy: str, router: str) -> Iterator[tuple[str
             with emu_log.open("w") as f:
                 procs.append(subprocess.Popen(_emulate_cmd(setup), stdout=f,
                                               stderr=subprocess.STDOUT))
-            urls = _wait_for("sagellm emulate", lambda: (
-                lambda u: u if len(u) == setup.engines else None)(
-                re.findall(r"^engine (http://\S+) ", emu_log.read_text(), re.M)),
-                procs[0], emu_log)
+            urls = _wait_for("sagellm emulate", lambda: _engine_urls(emu_log, setup.engines),
+                             procs[0], emu_log)
             hold = reserve_port("127.0.0.1")
             port = hold.getsockname()[1]
             hold.close()
