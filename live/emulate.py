@@ -14,8 +14,8 @@ late) delays when tokens are sent but never accumulates. A request arriving whil
 engine is in an iteration joins the next one, as in the simulator; one that arrives
 while the loop is late (after the planned end, before the loop got there) joins at its
 arrival time as the model says. If the loop falls more than ``max_lag_s`` behind (an
-overloaded process), the engine's clock jumps to real time (counted in ``resyncs``)
-rather than racing to catch up.
+overloaded process), the engine's clock jumps to real time (counted in ``resyncs``, and a
+warning logged at most every ``WARN_EVERY_S``) rather than racing to catch up.
 
 Differences from vLLM: outputs have exactly the requested length (as with
 ``ignore_eos``); no stop strings, sampling, logprobs, ``n`` > 1 or batched prompts; the
@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections import deque
 from dataclasses import replace
 
@@ -40,6 +41,7 @@ from live.emulate_metrics import EngineCounters, EngineLoad
 __all__ = ["EmulatedEngine", "EngineRefused", "TokenStream"]
 
 log = logging.getLogger(__name__)
+WARN_EVERY_S = 10.0
 
 
 class EngineRefused(ValueError):
@@ -120,6 +122,8 @@ class EmulatedEngine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.host = None   # an EmulatedHost (live.emulate_host) when it shares a machine
         self.host_index = 0
+        self.label = "emulated engine"  # in its warnings (the server sets its URL)
+        self._warn_after = -math.inf  # falling behind is logged at most every WARN_EVERY_S
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -272,6 +276,11 @@ class EmulatedEngine:
             if late > self.max_lag_s:
                 self.resyncs += 1
                 self._t = now
+                if now >= self._warn_after:
+                    self._warn_after = now + WARN_EVERY_S
+                    log.warning("%s fell %.0f ms behind real time (resyncs so far: %d): the "
+                                "process is overloaded, and its latencies include the stalls",
+                                self.label, late * 1e3, self.resyncs)
             else:
                 self._t = end
 

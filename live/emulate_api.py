@@ -114,6 +114,7 @@ class EmulatorServer:
         await web.TCPSite(self._runner, host, port).start()
         port = self._runner.addresses[-1][1]
         self.url = f"http://{host}:{port}"
+        self.engine.label = f"emulated engine {self.url}"
         return port
 
     async def close(self) -> None:

@@ -365,6 +365,40 @@ def test_metrics_have_vllm_names_and_count_the_requests():
                                                                   prefill_attention=320)))
 
 
+def test_an_engine_that_falls_behind_says_so_in_its_log_and_metrics(caplog):
+    """Two stalls of the whole loop (an overloaded process) while a request decodes: the
+    engine's clock jumps to real time each time (resyncs), one warning names the engine
+    (at most one every WARN_EVERY_S), and /metrics counts both."""
+    import time as wall
+
+    async def main():
+        srv = EmulatorServer(EmulatedEngine(CFG, PRED, max_lag_s=0.01), MODEL)
+        await srv.listen()
+        try:
+            async with aiohttp.ClientSession() as http:
+                req = asyncio.create_task(post(http, srv.url + "/v1/completions", {
+                    "model": MODEL, "prompt": "x" * 32, "max_tokens": 200}))
+                for _ in range(2):
+                    await asyncio.sleep(0.05)
+                    wall.sleep(0.1)          # the loop stalls: no iteration ends on time
+                status, out = await req
+                async with http.get(srv.url + "/metrics") as r:
+                    text = await r.text()
+            return srv.url, srv.engine.resyncs, status, out, text
+        finally:
+            await srv.close()
+
+    with caplog.at_level(logging.WARNING, logger="live.emulate"):
+        url, resyncs, status, out, text = run(main())
+    assert status == 200 and out["usage"]["completion_tokens"] == 200
+    assert resyncs >= 2
+    warned = [r.getMessage() for r in caplog.records if r.name == "live.emulate"]
+    assert len(warned) == 1 and warned[0].startswith(f"emulated engine {url} fell ")
+    assert "behind real time (resyncs so far: 1)" in warned[0]
+    lab = f'engine="0",model_name="{MODEL}"'
+    assert f"sagellm_emulator_resyncs_total{{{lab}}} {float(resyncs)!r}" in text
+
+
 def test_a_client_that_leaves_frees_its_request():
     async def main():
         async with server() as (srv, http):
