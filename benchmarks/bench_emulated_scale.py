@@ -51,6 +51,7 @@ from pathlib import Path
 import numpy as np
 
 from live.launcher import reserve_port
+from live.procs import stop_process_group
 from live.replay import ReplayConfig, replay
 from sagellm.emulated_fidelity import (
     LIVE,
@@ -120,7 +121,7 @@ def _split(setup: EmulatedSetup, policy: str, router: str) -> Iterator[tuple[str
         try:
             with emu_log.open("w") as f:
                 procs.append(subprocess.Popen(_emulate_cmd(setup), stdout=f,
-                                              stderr=subprocess.STDOUT))
+                                              stderr=subprocess.STDOUT, start_new_session=True))
             urls = _wait_for("sagellm emulate", lambda: _engine_urls(emu_log, setup.engines),
                              procs[0], emu_log)
             hold = reserve_port("127.0.0.1")
@@ -133,19 +134,14 @@ def _split(setup: EmulatedSetup, policy: str, router: str) -> Iterator[tuple[str
             for name, url in zip(setup.names, urls, strict=True):
                 cmd += ["--engine", f"{name}={url}"]
             with gw_log.open("w") as f:
-                procs.append(subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT))
+                procs.append(subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT,
+                                              start_new_session=True))
             gw = f"http://127.0.0.1:{port}"
             _wait_for("sagellm gateway", lambda: _gateway_up(gw), procs[1], gw_log)
             yield gw, urls
         finally:
             for proc in procs:
-                proc.terminate()
-            for proc in procs:
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+                stop_process_group(proc)
 
 
 def _engine_late_s(url: str) -> float:

@@ -18,8 +18,8 @@ overloaded process), the engine's clock jumps to real time (counted in ``resyncs
 warning logged at most every ``WARN_EVERY_S``) rather than racing to catch up.
 
 Differences from vLLM: outputs have exactly the requested length (as with
-``ignore_eos``); no stop strings, sampling, logprobs, ``n`` > 1 or batched prompts; the
-prompt's length is exact for token ids and estimated for text (see :mod:`live.emulate_api`).
+``ignore_eos``); no stop strings, sampling, logprobs or ``n`` > 1; the prompt's length is
+exact for token ids and estimated for text (see :mod:`live.emulate_api`).
 """
 
 from __future__ import annotations

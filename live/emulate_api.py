@@ -190,8 +190,7 @@ class EmulatorServer:
             if prompt_tokens < 1:
                 raise _ApiError(400, f"header {PROMPT_TOKENS}: expected an integer >= 1, got "
                                 f"{hint!r}", PROMPT_TOKENS)
-        sizes = ([(prompt_tokens, parsed.prefix_hashes)] if batch is None
-                 else batch)
+        sizes = [(prompt_tokens, parsed.prefix_hashes)] if batch is None else batch
         max_len = self.max_model_len
         out = parsed.max_tokens
         if out is None:
@@ -264,10 +263,12 @@ class EmulatorServer:
         s = streams[0]
         head = {"id": s.request_id if len(streams) == 1 else s.request_id.rsplit("-", 1)[0],
                 "created": int(time.time()), "model": self.model_name}
-        usage = {k: sum(self._usage(x, True)[k] for x in streams)
-                 for k in ("prompt_tokens", "total_tokens", "completion_tokens")}
-        usage["prompt_tokens_details"] = {"cached_tokens": sum(x.cached_tokens
-                                                               for x in streams)}
+        prompt = sum(x.prompt_tokens for x in streams)
+        completion = sum(x.tokens for x in streams)
+        usage = {"prompt_tokens": prompt, "total_tokens": prompt + completion,
+                 "completion_tokens": completion,
+                 "prompt_tokens_details": {"cached_tokens": sum(x.cached_tokens
+                                                                for x in streams)}}
         if chat:
             choice = {"index": 0, "message": {"role": "assistant",
                                               "content": self.token_text * s.tokens},

@@ -37,6 +37,7 @@ class EmulatedHost:
         self.engines = list(engines)
         self.works = [IDLE] * len(self.engines)
         self._spins = [0] * len(self.engines)   # spin periods begun: a timer ends the latest
+        self._spin_s = [spin_s(e.predictor) for e in self.engines]
         for k, e in enumerate(self.engines):
             e.host, e.host_index = self, k
 
@@ -44,7 +45,7 @@ class EmulatedHost:
         """Engine ``k`` does ``work`` from ``now`` (the engines' clock): an engine that runs
         out of work spins for its ``spin_s`` first (``spin=False``: idles at once); the
         others are re-speeded when it changes what they see."""
-        spins_s = spin_s(self.engines[k].predictor)
+        spins_s = self._spin_s[k]
         if spin and work == IDLE and self.works[k] != IDLE and spins_s > 0:
             if self.works[k] == SPINNING:
                 return   # spins on until its timer

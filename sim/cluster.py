@@ -31,11 +31,7 @@ from control_plane import (
     Retry,
 )
 from control_plane.engine import Engine, SharedHostPredictor, neighbour_slowdowns, spin_s
-from control_plane.engine.contention import DECODING as _DECODING
-from control_plane.engine.contention import IDLE as _IDLE
-from control_plane.engine.contention import PREFILLING as _PREFILLING
-from control_plane.engine.contention import SPINNING as _SPINNING
-from control_plane.engine.contention import host_counts
+from control_plane.engine.contention import DECODING, IDLE, PREFILLING, SPINNING, host_counts
 from control_plane.metrics import RequestRecord
 from control_plane.types import Health
 from sim.columns import RecordColumns
@@ -46,8 +42,6 @@ __all__ = ["ClusterRun", "InstanceSeries"]
 _NORMAL = 1
 _END_PRIO = -1_000_000  # + instance index: iteration ends before anything else
 _WAKE_PRIO = 2  # + instance index: idle engines start after the ordinary events
-# what an engine does (hosts shared: contention; control_plane.engine.contention's _IDLE,
-# _DECODING, _PREFILLING, _SPINNING imported above): spinning is idle, its worker polling
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +117,7 @@ class _Inst:
         self.end_prio = _END_PRIO + idx
         self.wake_prio = _WAKE_PRIO + idx
         self.series = tuple(array("d") for _ in range(7))
-        self.work = _IDLE
+        self.work = IDLE
         self.host: list[_Inst] | None = None  # the others on its host, when they contend
         self.spin_s = spin_s(self.predictor)  # spinning after its last iteration
         self.spins = 0  # spin periods begun (a timer ends only the latest)
@@ -197,14 +191,14 @@ class ClusterRun:
                 log.clear()
 
     def _work(self, inst: _Inst, work: int, spin: bool = True) -> None:
-        """``inst`` now does ``work`` (_IDLE, _DECODING, _PREFILLING, _SPINNING): its host's
+        """``inst`` now does ``work`` (IDLE, DECODING, PREFILLING, SPINNING): its host's
         other engines change speed (a decode run in progress ends with its current
         iteration, see Engine.retime). An engine that stops working spins for its
         ``spin_s`` first (if any), then idles (``spin=False``: at once)."""
-        if spin and work == _IDLE and inst.spin_s > 0 and inst.work != _IDLE:
-            if inst.work == _SPINNING:
+        if spin and work == IDLE and inst.spin_s > 0 and inst.work != IDLE:
+            if inst.work == SPINNING:
                 return   # spins on until its timer
-            work = _SPINNING
+            work = SPINNING
             inst.spins += 1
             self._at(self.env.now + inst.spin_s, _NORMAL, self._spun, (inst, inst.spins))
         if work == inst.work:
@@ -225,8 +219,8 @@ class ClusterRun:
 
     def _spun(self, ev) -> None:
         inst, spins = ev.arg
-        if spins == inst.spins and inst.work == _SPINNING:
-            self._work(inst, _IDLE, spin=False)
+        if spins == inst.spins and inst.work == SPINNING:
+            self._work(inst, IDLE, spin=False)
 
     def _at(self, at: float, prio: int, fn, arg) -> None:
         self.env.call_at(at, prio, fn, arg)
@@ -341,8 +335,8 @@ class ClusterRun:
         if end is not None:
             self._at(end, inst.end_prio, self._end, (inst, inst.version))
         if inst.host is not None:
-            self._work(inst, _IDLE if end is None else
-                       _PREFILLING if inst.engine.prefilling else _DECODING)
+            self._work(inst, IDLE if end is None else
+                       PREFILLING if inst.engine.prefilling else DECODING)
 
     def _wake(self, ev) -> None:
         inst, version = ev.arg
@@ -400,7 +394,7 @@ class ClusterRun:
         self.drain_admissions(inst)
         inst.engine = self._new_engine(inst)
         if inst.host is not None:
-            self._work(inst, _IDLE, spin=False)  # a dead engine's worker does not spin
+            self._work(inst, IDLE, spin=False)  # a dead engine's worker does not spin
         self.execute(self.cp.set_health(inst.iid, Health.DOWN, self.env.now,
                                         "failure injected"))
 

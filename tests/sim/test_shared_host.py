@@ -143,7 +143,10 @@ def test_an_engine_woken_with_nothing_to_do_spins_on_until_its_timer():
     # between its delivery and the start): it keeps spinning, its neighbour slowed, until
     # its spin_s after its last iteration, then idles
     from control_plane import ControlPlane
-    from sim.cluster import _DECODING, _IDLE, _SPINNING, ClusterRun
+    from control_plane.engine.contention import DECODING as _DECODING
+    from control_plane.engine.contention import IDLE as _IDLE
+    from control_plane.engine.contention import SPINNING as _SPINNING
+    from sim.cluster import ClusterRun
 
     insts = _insts(SPINNING, "h")
     run = ClusterRun(ControlPlane([i.spec for i in insts]), insts,
